@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make study` (the main job) and `make test` (the test suite).
+# Each creates .venv and installs the pinned set by itself; nothing is downloaded at run time.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SCALE  ?= tiny
+
+.PHONY: install test study bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is named in the same call as everything else: 2.13.0 takes the CPU wheel on disk
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+study: $(STAMP)
+	$(VENV)/bin/hopelab study ablation --scale $(SCALE)
+	$(VENV)/bin/hopelab report runs/ablation/$(SCALE) --out reports/ablation-$(SCALE)
+
+bench: $(STAMP)
+	$(VENV)/bin/hopelab bench --scale $(SCALE)
+
+clean:
+	rm -rf $(VENV) .cache runs

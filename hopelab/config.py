@@ -1,0 +1,154 @@
+"""Typed configuration: the model, the training run, and the scale presets.
+
+Every run stores the resolved `ModelConfig` and `TrainConfig` (as plain dicts) in its `config.json` and
+inside every checkpoint, so a checkpoint alone says what it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from hopelab.errors import UserError
+
+MemoryKind = Literal["mlp", "linear"]
+InnerGrad = Literal["full", "first_order"]
+SurpriseMode = Literal["absolute", "relative", "off"]
+CMSCombine = Literal["chain", "gated"]
+TokenizerName = Literal["bpe", "gpt2"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of every variant. Fields a variant does not use are ignored by it."""
+
+    vocab_size: int = 8192
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    context_len: int = 128
+    # --- self-referential Titans (Eq 83-93)
+    chunk_size: int = 16  # C of Eq 90: projections and inner gradients use the chunk-start state
+    memory: MemoryKind = "mlp"  # "mlp": M(z) = z + W1 σ(W2 z) (Eq 89); "linear": M(z) = W z (Eq 93)
+    memory_hidden_mult: int = 2  # hidden width of the memory MLP, per head, as a multiple of head dim
+    inner_grad: InnerGrad = "full"  # "full" keeps second-order terms; "first_order" treats ∇L as data
+    chunk_grad: Literal["mean", "sum"] = "mean"  # C gradients taken at one chunk-start state: averaged
+    # (TTT's mini-batch GD, stable for any C) or summed (Eq 90 literally; diverges for large C·η)
+    eta_max: float = 1.0  # η_t ∈ (0, eta_max)
+    eta_init: float = 0.1  # initial typical η_t (sets the readout bias)
+    alpha_init: float = 0.98  # initial typical α_t (sets the readout bias)
+    conv_window: int = 4  # short causal depthwise convolution (Hope, Section 8.3)
+    selfmod: bool = True  # False: static k, v, q, η, α projections and v̂ = v; only M_memory adapts
+    # --- surprise gate (per-token inner loss of M_memory)
+    surprise_mode: SurpriseMode = "absolute"
+    surprise_threshold: float = 0.02  # absolute: nats-free units of ½‖e‖² (see ops.surprise); relative: z
+    # --- Continuum Memory System (Eq 70-71)
+    use_cms: bool = True  # False: a static MLP of the same width replaces the CMS
+    cms_periods: tuple[int, ...] = (8, 32)  # C_ℓ: level ℓ updates its fast weights every C_ℓ tokens
+    cms_hidden_mult: int = 4
+    cms_combine: CMSCombine = "chain"  # "chain": Eq 70; "gated": learned per-token gate over levels
+    cms_lr_init: float = 0.01  # initial in-context learning rate of each CMS level (learned)
+    # --- Titans baseline (GD with momentum and weight decay)
+    titans_momentum_init: float = 0.9
+    titans_decay_init: float = 0.01
+    # --- shared
+    dropout: float = 0.0
+    tokenizer: TokenizerName = "bpe"
+
+    def __post_init__(self) -> None:
+        self.cms_periods = tuple(int(p) for p in self.cms_periods)
+        if self.dim % self.n_heads:
+            raise UserError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.chunk_size < 1:
+            raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if any(p < 1 for p in self.cms_periods):
+            raise UserError(f"cms_periods must be >= 1, got {self.cms_periods}")
+        if not 0 < self.alpha_init <= 1 or not 0 < self.eta_init < self.eta_max:
+            raise UserError("need 0 < alpha_init <= 1 and 0 < eta_init < eta_max")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = 1.0
+    ckpt_every: int = 50
+    val_batches: int = 8
+    seed: int = 0
+    probe_seed: int = 1234  # the fixed held-out probe batch, the same for every variant
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    description: str = ""
+
+
+def _scales() -> dict[str, Scale]:
+    return {
+        "tiny": Scale(
+            "tiny",
+            ModelConfig(vocab_size=8192, dim=64, n_layers=2, n_heads=4, context_len=128, tokenizer="bpe"),
+            TrainConfig(steps=300, batch_size=8, ckpt_every=50),
+            "CPU-sized: dim 64, 2 layers, context 128, batch 8, byte-level BPE 8192 trained on the corpus",
+        ),
+        "small": Scale(
+            "small",
+            ModelConfig(vocab_size=50257, dim=256, n_layers=6, n_heads=4, context_len=512, tokenizer="gpt2"),
+            TrainConfig(steps=2000, batch_size=8, ckpt_every=200),
+            "the dissection study's small scale: dim 256, 6 layers, context 512, GPT-2 BPE",
+        ),
+        "scaled": Scale(
+            "scaled",
+            ModelConfig(vocab_size=50257, dim=512, n_layers=8, n_heads=8, context_len=512, tokenizer="gpt2"),
+            TrainConfig(steps=2000, batch_size=8, ckpt_every=200),
+            "the dissection study's scaled setting: dim 512, 8 layers, context 512, GPT-2 BPE",
+        ),
+    }
+
+
+SCALES: dict[str, Scale] = _scales()
+
+
+def get_scale(name: str) -> Scale:
+    if name not in SCALES:
+        raise UserError(f"unknown scale {name!r}; choose one of: {', '.join(SCALES)}")
+    fresh = _scales()[name]  # a fresh copy: callers may mutate the dataclasses
+    return fresh
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any], what: str = "config") -> Any:
+    """Return a copy of a dataclass config with `overrides` applied; unknown keys are a UserError."""
+    valid = {f.name: f for f in fields(cfg)}
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise UserError(f"unknown {what} key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    return apply_overrides(ModelConfig(), dict(d), "model config")
+
+
+def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    d = dict(d)
+    if "betas" in d:
+        d["betas"] = tuple(d["betas"])
+    return apply_overrides(TrainConfig(), d, "train config")

@@ -1,0 +1,272 @@
+"""Self-referential Titans (Eq 83-93): the in-context memory of HOPE.
+
+Per block input x_t (after the block's pre-norm and a short causal depthwise conv, window 4):
+
+    q̃_t = x_t W_q                                   the only static projection
+    k_t = M_k(x_t),  v_t = M_v(x_t),  q_t = M_q(q̃_t)  (k, v and q L2-normalised per head)
+    η_t = η_max σ(⟨r_η, M_η(x_t)⟩ + b_η),  α_t = σ(⟨r_α, M_α(x_t)⟩ + b_α)    per token, per head
+    v̂_□,t = M_□(v_t)                                each memory generates its own value (Eq 83)
+    M_□ ← M_□ (α_t I − η_t k_t k_tᵀ) − η_t ∇L(M_□; k_t, v̂_□,t)   for □ ∈ {k, v, q, η, α, memory} (Eq 88)
+    o_t = M_memory(q_t)
+
+Choices written down:
+- The paper lists M_q among the memories but gives q_t = x_t W_q; we read it as q_t = M_q(x_t W_q), so the
+  static projection feeds the adaptive query memory and M_q really participates.
+- Chunk-wise (Eq 90): within a chunk of C tokens, projections, self-generated values and inner gradients use
+  the chunk-start state; the read o_t includes the writes of tokens s ≤ t of the same chunk, never s > t.
+- MLP memory M(z) = z + W1 σ(W2 z) (Eq 89): the DGD factor (α I − η k kᵀ) acts on W2, the weight that
+  multiplies the key; α decays W1. Linear memory M(z) = W z: Eq 93 exactly.
+- k, q and v are L2-normalised per head (Hope, Section 8.3 normalises q and k; the DGD closed form Eq 57
+  assumes normalised inputs). Normalising v too bounds the self-generated values v̂ = M(v): without it the
+  loop v -> v̂ -> update of M_v -> v grows without bound within a few chunks.
+- η_t and α_t are per token and per head, shared by the six memories as in Eq 88.
+- The surprise gate (hopelab.ops.surprise) scales each token's write.
+- One fast state per sample: the meta-learned initial states (parameters) are expanded over the batch and
+  every update is per sample. Gradients reach the initial states through every in-sequence update.
+- chunk_grad="mean" (default): the C inner gradients of a chunk, all taken at the chunk-start state, are
+  averaged (each token writes η_t/C of its gradient), as TTT's mini-batch GD does; the DGD preconditioner
+  (α_t I − η_t k_t k_tᵀ) still acts token by token with η_t. "sum" is Eq 90 literally: C coherent steps at one
+  state, which diverges within a few chunks once C·η_t exceeds ~2 (measured: η = 0.9, C = 16).
+- inner_grad="full" differentiates through the inner gradients (second-order terms, ~1.3x the first-order
+  backward here, since the inner gradients are closed-form); "first_order" treats the inner-loss error
+  signals (e, δ, σ(W2 k)) as constants, as first-order MAML does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hopelab.config import ModelConfig
+from hopelab.layers.hooks import HookPoint
+from hopelab.ops.dgd import dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
+from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_apply, mlp_memory_inner_grad
+from hopelab.ops.surprise import surprise_from_error, surprise_gate
+
+COMPONENTS = ("k", "v", "q", "eta", "alpha", "memory")
+
+
+class CausalConv(nn.Module):
+    """Depthwise causal conv over time; carries its last (window − 1) inputs for streaming."""
+
+    def __init__(self, dim: int, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.conv = nn.Conv1d(dim, dim, kernel_size=window, groups=dim, bias=True)
+        with torch.no_grad():  # start near the identity: the newest token dominates
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, -1] = 1.0
+            self.conv.weight.add_(torch.randn_like(self.conv.weight) * 0.02)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor | None):
+        B, T, D = x.shape
+        if tail is None:
+            tail = x.new_zeros(B, self.window - 1, D)
+        xp = torch.cat([tail, x], dim=1)  # [B, w-1+T, D]
+        y = self.conv(xp.transpose(1, 2)).transpose(1, 2)  # [B, T, D]
+        return y, xp[:, -(self.window - 1) :] if self.window > 1 else tail
+
+
+def _hooked(hp: HookPoint) -> bool:
+    return bool(hp._forward_hooks)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class SelfReferentialTitans(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        D, H, d = cfg.dim, cfg.n_heads, cfg.head_dim
+        self.cfg = cfg
+        self.n_heads, self.head_dim = H, d
+        self.components = COMPONENTS if cfg.selfmod else ("memory",)
+        M = len(self.components)
+        self.conv = CausalConv(D, cfg.conv_window)
+        self.W_q = nn.Linear(D, D, bias=False)
+        if cfg.memory == "mlp":
+            hid = d * cfg.memory_hidden_mult
+            # meta-learned initial states, one per memory and head
+            self.init_W1 = nn.Parameter(torch.randn(M, H, d, hid) / math.sqrt(hid))  # [M, H, d, h]
+            self.init_W2 = nn.Parameter(torch.randn(M, H, hid, d) / math.sqrt(d))  # [M, H, h, d]
+        else:
+            eye = torch.eye(d).expand(M, H, d, d)
+            self.init_W = nn.Parameter(eye + torch.randn(M, H, d, d) / math.sqrt(d))  # [M, H, d, d]
+        eta_bias = _logit(cfg.eta_init / cfg.eta_max)
+        alpha_bias = _logit(min(cfg.alpha_init, 1 - 1e-4))
+        if cfg.selfmod:
+            self.eta_readout = nn.Parameter(torch.randn(H, d) * 0.1)  # r_η
+            self.eta_bias = nn.Parameter(torch.full((H,), eta_bias))
+            self.alpha_readout = nn.Parameter(torch.randn(H, d) * 0.1)  # r_α
+            self.alpha_bias = nn.Parameter(torch.full((H,), alpha_bias))
+        else:  # hope_no_selfmod: static projections
+            self.W_k = nn.Linear(D, D, bias=False)
+            self.W_v = nn.Linear(D, D, bias=False)
+            self.W_eta = nn.Linear(D, H)
+            self.W_alpha = nn.Linear(D, H)
+            self.W_eta._keep_init = self.W_alpha._keep_init = True
+            with torch.no_grad():
+                self.W_eta.weight.mul_(0.1)
+                self.W_eta.bias.fill_(eta_bias)
+                self.W_alpha.weight.mul_(0.1)
+                self.W_alpha.bias.fill_(alpha_bias)
+        self.out_norm = nn.LayerNorm(D)
+        self.W_o = nn.Linear(D, D, bias=False)
+        for name in ("k", "v", "q", "eta", "alpha", "surprise", "gate", "out"):
+            setattr(self, f"hook_{name}", HookPoint())
+        self.impl = "chunked"  # or "reference": token-by-token Eq 88 inside each chunk (tests)
+        self._trace = None  # set by hopelab.models.trace_fast_states: fn(component, position, states)
+
+    # ----------------------------------------------------------------------------------------------
+    def initial_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{component: {"W1": [H, d, h], "W2": [H, h, d]}} (or {"W": [H, d, d]}): views of the parameters."""
+        out = {}
+        for m, comp in enumerate(self.components):
+            if self.cfg.memory == "mlp":
+                out[comp] = {"W1": self.init_W1[m], "W2": self.init_W2[m]}
+            else:
+                out[comp] = {"W": self.init_W[m]}
+        return out
+
+    def _apply_memories(self, states, z):
+        """Apply memories (state tensors [B, M', H, ...]) to z [B, M' or 1, H, n, d] -> (out, pre, hidden)."""
+        if self.cfg.memory == "mlp":
+            return mlp_memory_apply(states["W1"], states["W2"], z)
+        return linear_memory_apply(states["W"], z), None, None
+
+    def _rates(self, eta_feat, alpha_feat):
+        """Per-token, per-head η_t ∈ (0, η_max) and log α_t, α_t ∈ (0, 1).  feats [B, H, n, d] -> [B, H, n]"""
+        eta_logit = (eta_feat * self.eta_readout[:, None, :]).sum(-1) + self.eta_bias[:, None]
+        alpha_logit = (alpha_feat * self.alpha_readout[:, None, :]).sum(-1) + self.alpha_bias[:, None]
+        return self.cfg.eta_max * torch.sigmoid(eta_logit), F.logsigmoid(alpha_logit)
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, state: dict | None = None):
+        """x [B, T, D] -> (out [B, T, D], new state)."""
+        cfg = self.cfg
+        B, T, D = x.shape
+        H, d, C = self.n_heads, self.head_dim, cfg.chunk_size
+        state = state or {}
+        xc, conv_tail = self.conv(x, state.get("conv"))  # [B, T, D]
+        heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]
+        xh = heads(xc)  # [B, H, T, d]
+        qh = heads(self.W_q(xc))  # [B, H, T, d]   q̃ = x W_q
+        if not cfg.selfmod:  # static projections, computed for the whole sequence at once
+            k_all = F.normalize(heads(self.W_k(xc)), dim=-1)
+            v_all = F.normalize(heads(self.W_v(xc)), dim=-1)
+            q_all = F.normalize(qh, dim=-1)
+            eta_all = cfg.eta_max * torch.sigmoid(self.W_eta(xc)).transpose(1, 2)  # [B, H, T]
+            log_alpha_all = F.logsigmoid(self.W_alpha(xc)).transpose(1, 2)  # [B, H, T]
+        if "mem" in state:
+            mem = state["mem"]
+        elif cfg.memory == "mlp":
+            mem = {"W1": self.init_W1.expand(B, *self.init_W1.shape), "W2": self.init_W2.expand(B, *self.init_W2.shape)}
+        else:
+            mem = {"W": self.init_W.expand(B, *self.init_W.shape)}
+        stats = state.get("surprise_stats")
+        pos0 = state.get("pos", 0)
+        first_order = cfg.inner_grad == "first_order"
+        keep = {n: _hooked(getattr(self, f"hook_{n}")) for n in ("k", "v", "q", "eta", "alpha", "surprise", "gate")}
+        rec = {n: [] for n in keep}
+        outs = []
+        for start in range(0, T, C):
+            end = min(start + C, T)
+            if cfg.selfmod:
+                # projections with the chunk-start state: memories k, v, q, eta, alpha on their inputs
+                xs, qs = xh[:, :, start:end], qh[:, :, start:end]  # [B, H, n, d]
+                inputs = torch.stack([xs, xs, qs, xs, xs], dim=1)  # [B, 5, H, n, d]
+                proj, _, _ = self._apply_memories({n: s[:, :5] for n, s in mem.items()}, inputs)
+                k = F.normalize(proj[:, 0], dim=-1)  # [B, H, n, d]
+                v = F.normalize(proj[:, 1], dim=-1)
+                q = F.normalize(proj[:, 2], dim=-1)
+                eta, log_alpha = self._rates(proj[:, 3], proj[:, 4])  # [B, H, n]
+            else:
+                k, v, q = k_all[:, :, start:end], v_all[:, :, start:end], q_all[:, :, start:end]
+                eta, log_alpha = eta_all[:, :, start:end], log_alpha_all[:, :, start:end]
+            n = end - start
+            # self-generated values v̂_□ = M_□(v) (Eq 83) and the inner errors e_□ = M_□(k) − v̂_□
+            if cfg.selfmod:
+                both, pre, hidden = self._apply_memories(mem, torch.cat([k, v], dim=-2).unsqueeze(1))
+                mk, v_hat = both[..., :n, :], both[..., n:, :]  # [B, M, H, n, d]
+                pre_k = pre[..., :n, :] if pre is not None else None
+                hidden_k = hidden[..., :n, :] if hidden is not None else None
+            else:
+                mk, pre_k, hidden_k = self._apply_memories(mem, k.unsqueeze(1))
+                v_hat = v.unsqueeze(1)  # v̂ = v
+            error = mk - v_hat  # [B, M, H, n, d]
+            surprise = surprise_from_error(error[:, -1].detach())  # [B, n]   M_memory's inner loss
+            gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
+            eta_w = (eta * gate[:, None, :]).unsqueeze(1)  # [B, 1, H, n]   gated η
+            log_alpha_w = (log_alpha * gate[:, None, :]).unsqueeze(1)  # [B, 1, H, n]
+            keys = k.unsqueeze(1)  # [B, 1, H, n, d]   shared by all memories
+            query = q.unsqueeze(1)  # [B, 1, H, n, d]
+            if cfg.chunk_grad == "mean":  # the chunk's C gradients share one state: average them
+                error = error / C
+            if first_order:
+                error = error.detach()
+                pre_k = pre_k.detach() if pre_k is not None else None
+                hidden_k = hidden_k.detach() if hidden_k is not None else None
+            if cfg.memory == "mlp":
+                delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, M, H, n, h]  ∇W2 = δ kᵀ
+                read, new_mem = self._update_mlp(mem, keys, query, error, delta, hidden_k, eta_w, log_alpha_w)
+                o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
+            else:
+                read, new_mem = self._update_linear(mem, keys, query, error, eta_w, log_alpha_w)
+                o = read  # o_t = W_memory,t q_t
+            mem = new_mem
+            outs.append(o)  # [B, H, n, d]
+            if self._trace is not None and n == C:
+                for m, comp in enumerate(self.components):
+                    self._trace(comp, pos0 + end, {name: s[:, m].detach() for name, s in mem.items()})
+            for name, t in (("k", k), ("v", v), ("q", q), ("eta", eta), ("alpha", log_alpha.exp()),
+                            ("surprise", surprise), ("gate", gate)):
+                if keep[name]:
+                    rec[name].append(t)
+        o = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, T, D)  # [B, T, D]
+        if any(keep.values()):
+            self._emit_hooks(rec, keep, B, T, D)
+        out = self.hook_out(self.W_o(self.out_norm(o)))
+        new_state = {"mem": mem, "conv": conv_tail, "surprise_stats": stats, "pos": pos0 + T}
+        return out, new_state
+
+    def _update_mlp(self, mem, keys, query, error, delta, hidden_k, eta_w, log_alpha_w):
+        W1, W2 = mem["W1"], mem["W2"]  # [B, M, H, d, h], [B, M, H, h, d]
+        if self.impl == "reference":
+            # W2 ← W2 (α I − η k kᵀ) − η δ kᵀ ; W1 ← α W1 − η e uᵀ, token by token (Eq 88)
+            reads2, W2_end = dgd_chunk_reference(W2, keys, delta, eta_w, log_alpha_w, query, precondition=True)
+            reads1, W1_end = dgd_chunk_reference(
+                W1, hidden_k, error, eta_w, log_alpha_w, act(reads2), precondition=False
+            )
+            return reads1[:, -1], {"W1": W1_end, "W2": W2_end}
+        w2, lg = dgd_chunk_factors(W2, keys, delta, eta_w, log_alpha_w, precondition=True)
+        w1, _ = dgd_chunk_factors(W1, hidden_k, error, eta_w, log_alpha_w, precondition=False)
+        # reads only for M_memory (the last memory): p_t = W2_t q_t, then W1_t σ(p_t)
+        p = dgd_read(W2[:, -1], w2[:, -1], keys[:, 0], lg[:, 0], query[:, 0])  # [B, H, n, h]
+        read = dgd_read(W1[:, -1], w1[:, -1], hidden_k[:, -1], lg[:, 0], act(p))  # [B, H, n, d]
+        new = {"W1": dgd_end_state(W1, w1, hidden_k, lg), "W2": dgd_end_state(W2, w2, keys, lg)}
+        return read, new
+
+    def _update_linear(self, mem, keys, query, error, eta_w, log_alpha_w):
+        W = mem["W"]  # [B, M, H, d, d]; ∇W L = e kᵀ (Eq 93)
+        if self.impl == "reference":
+            reads, W_end = dgd_chunk_reference(W, keys, error, eta_w, log_alpha_w, query, precondition=True)
+            return reads[:, -1], {"W": W_end}
+        w, lg = dgd_chunk_factors(W, keys, error, eta_w, log_alpha_w, precondition=True)
+        read = dgd_read(W[:, -1], w[:, -1], keys[:, 0], lg[:, 0], query[:, 0])  # [B, H, n, d]
+        return read, {"W": dgd_end_state(W, w, keys, lg)}
+
+    def _emit_hooks(self, rec, keep, B, T, D):
+        for name in ("k", "v", "q"):
+            if keep[name]:
+                getattr(self, f"hook_{name}")(torch.cat(rec[name], dim=2).transpose(1, 2).reshape(B, T, D))
+        for name in ("eta", "alpha"):
+            if keep[name]:
+                getattr(self, f"hook_{name}")(torch.cat(rec[name], dim=2).transpose(1, 2))  # [B, T, H]
+        for name in ("surprise", "gate"):
+            if keep[name]:
+                getattr(self, f"hook_{name}")(torch.cat(rec[name], dim=1))  # [B, T]

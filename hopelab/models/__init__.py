@@ -1,0 +1,112 @@
+"""The language models and the variant registry.
+
+    build_model("hope", "tiny")              # a scale name
+    build_model("hope_no_cms", model_config) # or a ModelConfig
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from torch import nn
+
+from hopelab.config import ModelConfig, get_scale
+from hopelab.errors import UserError
+
+# variant -> (description, how it changes the HOPE config)
+_HOPE_VARIANTS: dict[str, tuple[str, dict]] = {
+    "hope": ("all mechanisms: self-referential Titans (DGD) + CMS + surprise gate", {}),
+    "hope_no_cms": ("CMS replaced by a static MLP of the same width", {"use_cms": False}),
+    "hope_no_selfmod": (
+        "static k, v, q, η, α projections, v̂ = v; only M_memory adapts",
+        {"selfmod": False},
+    ),
+    "hope_no_surprise": ("surprise gate off: every token writes", {"surprise_mode": "off"}),
+}
+VARIANTS: dict[str, str] = {
+    **{name: desc for name, (desc, _) in _HOPE_VARIANTS.items()},
+    "titans": "static projections, one MLP memory updated by GD with momentum and weight decay, no CMS",
+    "transformer": "pre-norm causal Transformer, same width, depth and tokenizer",
+    "transformer_matched": "Transformer whose width is solved so its parameter count matches hope within 5%",
+}
+
+
+def resolve_config(config: str | ModelConfig) -> ModelConfig:
+    if isinstance(config, ModelConfig):
+        return dataclasses.replace(config)
+    if isinstance(config, str):
+        return get_scale(config).model
+    raise TypeError(f"config must be a scale name or a ModelConfig, got {type(config).__name__}")
+
+
+def variant_config(variant: str, config: str | ModelConfig) -> ModelConfig:
+    """The ModelConfig a variant actually runs with (HOPE ablations flip one switch each)."""
+    check_variant(variant)
+    cfg = resolve_config(config)
+    if variant in _HOPE_VARIANTS:
+        cfg = dataclasses.replace(cfg, **_HOPE_VARIANTS[variant][1])
+    elif variant == "transformer_matched":
+        cfg = matched_transformer_config(cfg)
+    return cfg
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+
+
+def build_model(variant: str, config: str | ModelConfig) -> nn.Module:
+    cfg = variant_config(variant, config)
+    builders: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+    from hopelab.models.hope import HopeLM
+    from hopelab.models.titans import TitansLM
+    from hopelab.models.transformer import TransformerLM
+
+    for name in _HOPE_VARIANTS:
+        builders[name] = HopeLM
+    builders["titans"] = TitansLM
+    builders["transformer"] = TransformerLM
+    builders["transformer_matched"] = TransformerLM
+    model = builders[variant](cfg)
+    model.variant = variant
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def matched_transformer_config(cfg: ModelConfig, tolerance: float = 0.05) -> ModelConfig:
+    """Same depth, heads and vocabulary; the width (a multiple of n_heads) whose count is nearest hope's."""
+    from hopelab.models.hope import HopeLM
+    from hopelab.models.transformer import TransformerLM
+
+    import torch
+
+    with torch.device("meta"):
+        target = count_parameters(HopeLM(cfg))
+        best = None
+        step = cfg.n_heads * 2
+        for dim in range(step, 8 * cfg.dim + step, step):
+            cand = dataclasses.replace(cfg, dim=dim)
+            n = count_parameters(TransformerLM(cand))
+            if best is None or abs(n - target) < abs(best[1] - target):
+                best = (cand, n)
+            if n > target:
+                break
+    cand, n = best
+    if abs(n - target) / target > tolerance:
+        raise UserError(f"no Transformer width matches hope's {target} parameters within {tolerance:.0%}")
+    return cand
+
+
+from hopelab.models.state import FastStateRecord, initial_states, set_impl, trace_fast_states  # noqa: E402
+
+__all__ = [
+    "FastStateRecord",
+    "initial_states",
+    "set_impl",
+    "trace_fast_states",
+    "VARIANTS", "build_model", "variant_config", "count_parameters", "check_variant"]

@@ -1,0 +1,69 @@
+"""Fast (in-context) state: the meta-learned initial states of every memory, and a trace of the states a
+forward pass reaches (for the self-modification probes)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from hopelab.layers.cms import CMSLevel
+from hopelab.layers.self_ref_titans import SelfReferentialTitans
+from hopelab.layers.titans import TitansMemory
+
+_MEMORY_LAYERS = (SelfReferentialTitans, TitansMemory)
+
+
+@dataclass
+class FastStateRecord:
+    key: str  # e.g. "blocks.0.titans.memory" or "blocks.1.cms.levels.0"
+    position: int  # tokens consumed when this state was reached
+    states: dict[str, torch.Tensor]  # name -> [B, *initial state shape]
+
+
+@dataclass
+class FastStateTrace:
+    records: list[FastStateRecord] = field(default_factory=list)
+
+
+def initial_states(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Meta-learned initial states keyed like the trace: {key: {name: tensor (a view of a parameter)}}."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, _MEMORY_LAYERS):
+            for comp, st in mod.initial_states().items():
+                out[f"{name}.{comp}"] = st
+        elif isinstance(mod, CMSLevel):
+            out[name] = mod.initial_states()
+    return out
+
+
+@contextlib.contextmanager
+def trace_fast_states(model: nn.Module) -> Iterator[FastStateTrace]:
+    """Inside: every forward appends FastStateRecords at chunk ends (Titans) and CMS period ends."""
+    trace = FastStateTrace()
+    touched = []
+    try:
+        for name, mod in model.named_modules():
+            if isinstance(mod, _MEMORY_LAYERS):
+                mod._trace = lambda comp, pos, st, _n=name: trace.records.append(FastStateRecord(f"{_n}.{comp}", pos, st))
+                touched.append(mod)
+            elif isinstance(mod, CMSLevel):
+                mod._trace = lambda pos, st, _n=name: trace.records.append(FastStateRecord(_n, pos, st))
+                touched.append(mod)
+        yield trace
+    finally:
+        for mod in touched:
+            mod._trace = None
+
+
+def set_impl(model: nn.Module, impl: str) -> None:
+    """Switch every in-context memory between the chunked fast path and the token-by-token reference."""
+    if impl not in ("chunked", "reference"):
+        raise ValueError(f"impl must be 'chunked' or 'reference', got {impl!r}")
+    for mod in model.modules():
+        if isinstance(mod, (*_MEMORY_LAYERS, CMSLevel)):
+            mod.impl = impl

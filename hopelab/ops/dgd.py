@@ -1,0 +1,100 @@
+"""Delta Gradient Descent within one chunk (Eq 57, 88, 90, 93), fast and reference.
+
+For every token t of a chunk, with S_0 the chunk-start state,
+
+    S_t = S_{t-1} (α_t I − λ_t k_t k_tᵀ) − η_t g_t k_tᵀ          (Eq 88; Eq 93 for a linear memory)
+    read_t = S_t q_t
+
+where g_t k_tᵀ = ∇L_t(S_0) is the inner-loss gradient taken at the chunk-start state (Eq 90: gradients
+w.r.t. the chunk-start state, so all of them are computed in parallel), λ_t = η_t for the weight that
+multiplies the key (the DGD preconditioner), and λ_t = 0 for a weight that only decays.
+
+Causality: read_t includes the writes of tokens s ≤ t of the chunk and never s > t. Eq 90 as written
+indexes the state at C⌈t/C⌉, the chunk *end*; taken literally that leaks future tokens into earlier reads.
+
+Fast path (WY form, as in chunked DeltaNet): with γ_t = Π_{r≤t} α_r,
+
+    S_t = γ_t S_0 + Σ_{s≤t} (γ_t/γ_s) w_s k_sᵀ
+    w_t = −λ_t S_{t-1} k_t − η_t g_t
+        = −λ_t γ_{t-1} S_0 k_t − η_t g_t − λ_t Σ_{s<t} (γ_{t-1}/γ_s)(k_sᵀ k_t) w_s
+
+i.e. a unit lower-triangular C×C solve per (sample, head), then reads and the chunk-end state are masked
+matrix products. Shapes carry leading batch dims `...` that broadcast (keys may be shared by memories).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _log_ratio_matrix(log_gamma_row: torch.Tensor, log_gamma_col: torch.Tensor, strict: bool) -> torch.Tensor:
+    """exp(row_t − col_s) on the causal mask (s < t if strict else s ≤ t), 0 elsewhere. -> [..., C, C]"""
+    C = log_gamma_row.shape[-1]
+    diff = log_gamma_row.unsqueeze(-1) - log_gamma_col.unsqueeze(-2)  # [..., C, C]
+    mask = torch.ones(C, C, dtype=torch.bool, device=diff.device).tril(-1 if strict else 0)
+    # where() before exp: masked entries may be large positive numbers; exp(-inf) = 0 with zero gradient
+    return torch.exp(torch.where(mask, diff, torch.full_like(diff, float("-inf"))))
+
+
+def dgd_chunk_factors(
+    S0: torch.Tensor,  # [..., out, in]   chunk-start state
+    keys: torch.Tensor,  # [..., C, in]
+    grads: torch.Tensor,  # [..., C, out]   g_t, with ∇L_t(S_0) = g_t k_tᵀ
+    eta: torch.Tensor,  # [..., C]        η_t (already gated)
+    log_alpha: torch.Tensor,  # [..., C]  log α_t (already gated), α_t ∈ (0, 1]
+    precondition: bool = True,  # λ_t = η_t (DGD) or 0 (decay only)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The WY vectors w [..., C, out] and log γ [..., C] that represent every S_t of the chunk."""
+    C = keys.shape[-2]
+    log_gamma = torch.cumsum(log_alpha, dim=-1)  # [..., C]   log γ_t
+    w = -eta.unsqueeze(-1) * grads  # [..., C, out]  right-hand side without the preconditioner
+    if precondition:
+        log_gamma_prev = log_gamma - log_alpha  # [..., C]   log γ_{t-1}
+        S0k = keys @ S0.transpose(-1, -2)  # [..., C, out]  S_0 k_t
+        w = w - (eta * torch.exp(log_gamma_prev)).unsqueeze(-1) * S0k
+        kk = keys @ keys.transpose(-1, -2)  # [..., C, C]    k_tᵀ k_s
+        decay = _log_ratio_matrix(log_gamma_prev, log_gamma, strict=True)  # γ_{t-1}/γ_s, s < t
+        lower = eta.unsqueeze(-1) * decay * kk  # [..., C, C]  strictly lower; unit diagonal implied
+        w = torch.linalg.solve_triangular(lower, w, upper=False, unitriangular=True)  # [..., C, out]
+    return w, log_gamma
+
+
+def dgd_read(S0, w, keys, log_gamma, queries) -> torch.Tensor:
+    """read_t = S_t q_t = γ_t S_0 q_t + Σ_{s≤t} (γ_t/γ_s) (k_sᵀ q_t) w_s.  -> [..., C, out]"""
+    decay = _log_ratio_matrix(log_gamma, log_gamma, strict=False)  # γ_t/γ_s, s ≤ t
+    scores = decay * (queries @ keys.transpose(-1, -2))  # [..., C, C]
+    return torch.exp(log_gamma).unsqueeze(-1) * (queries @ S0.transpose(-1, -2)) + scores @ w
+
+
+def dgd_end_state(S0, w, keys, log_gamma) -> torch.Tensor:
+    """S_C = γ_C S_0 + Σ_s (γ_C/γ_s) w_s k_sᵀ.  -> [..., out, in]"""
+    to_end = torch.exp(log_gamma[..., -1:] - log_gamma)  # [..., C]   γ_C/γ_s
+    gamma_end = torch.exp(log_gamma[..., -1])[..., None, None]  # [..., 1, 1]
+    return gamma_end * S0 + (to_end.unsqueeze(-1) * w).transpose(-1, -2) @ keys
+
+
+def dgd_chunk(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
+    """Chunk-wise DGD: (reads [..., C, out] or None, chunk-end state [..., out, in])."""
+    w, log_gamma = dgd_chunk_factors(S0, keys, grads, eta, log_alpha, precondition)
+    reads = dgd_read(S0, w, keys, log_gamma, queries) if queries is not None else None
+    return reads, dgd_end_state(S0, w, keys, log_gamma)
+
+
+def dgd_chunk_reference(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
+    """Token by token, Eq 88 literally: S ← S (α I − λ k kᵀ) − η g kᵀ; read_t = S_t q_t."""
+    C = keys.shape[-2]
+    n_in = keys.shape[-1]
+    eye = torch.eye(n_in, dtype=keys.dtype, device=keys.device)
+    S = S0
+    reads = []
+    for t in range(C):
+        k = keys[..., t, :]  # [..., in]
+        g = grads[..., t, :]  # [..., out]
+        et = eta[..., t, None, None]  # [..., 1, 1]
+        at = torch.exp(log_alpha[..., t])[..., None, None]  # [..., 1, 1]
+        kkT = k.unsqueeze(-1) * k.unsqueeze(-2)  # [..., in, in]
+        transition = at * eye - (et * kkT if precondition else 0.0)  # α_t I − λ_t k_t k_tᵀ
+        S = S @ transition - et * (g.unsqueeze(-1) * k.unsqueeze(-2))  # Eq 88
+        if queries is not None:
+            reads.append((S @ queries[..., t, :].unsqueeze(-1)).squeeze(-1))  # S_t q_t
+    return (torch.stack(reads, dim=-2) if queries is not None else None), S

@@ -1,0 +1,62 @@
+"""The associative memories of self-referential Titans and their inner (in-context) loss gradient.
+
+MLP memory (Eq 89):    M(z) = z + W1 σ(W2 z),  W1: [d, h], W2: [h, d]
+Linear memory (Eq 93): M(z) = W z,             W:  [d, d]
+
+Inner loss at token t (L2 regression onto the memory's own value, Eq 83/88):
+    L_t(M) = ½ ‖M(k_t) − v̂_t‖²,   e_t = M(k_t) − v̂_t
+with gradients that are rank one per token:
+    MLP:     ∇_{W1} L_t = e_t u_tᵀ,   u_t = σ(W2 k_t)
+             ∇_{W2} L_t = δ_t k_tᵀ,   δ_t = σ'(W2 k_t) ⊙ (W1ᵀ e_t)
+    linear:  ∇_{W}  L_t = e_t k_tᵀ
+The target v̂_t is a constant of the inner problem (it is what the memory is asked to store); the outer loss
+still differentiates through it. All shapes carry arbitrary leading batch dims `...`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def act(x: torch.Tensor) -> torch.Tensor:
+    """σ: exact GELU, as in the paper's memory and CMS MLPs."""
+    return F.gelu(x)
+
+
+def act_grad(x: torch.Tensor) -> torch.Tensor:
+    """σ'(x) for exact GELU: Φ(x) + x φ(x)."""
+    cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return cdf + x * pdf
+
+
+def mlp_memory_apply(W1: torch.Tensor, W2: torch.Tensor, z: torch.Tensor):
+    """M(z) = z + W1 σ(W2 z).  W1 [..., d, h], W2 [..., h, d], z [..., C, d] -> (out, pre, hidden)."""
+    pre = z @ W2.transpose(-1, -2)  # [..., C, h]   W2 z
+    hidden = act(pre)  # [..., C, h]   σ(W2 z)
+    out = z + hidden @ W1.transpose(-1, -2)  # [..., C, d]
+    return out, pre, hidden
+
+
+def mlp_memory_inner_grad(W1: torch.Tensor, pre_k: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """δ_t = σ'(W2 k_t) ⊙ (W1ᵀ e_t): the factor of ∇_{W2} L_t = δ_t k_tᵀ.  -> [..., C, h]"""
+    return act_grad(pre_k) * (error @ W1)  # [..., C, h]
+
+
+def linear_memory_apply(W: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """M(z) = W z.  W [..., d, d], z [..., C, d] -> [..., C, d]"""
+    return z @ W.transpose(-1, -2)
+
+
+def mlp_memory_inner_grad_autograd(W1, W2, k, target):
+    """Reference: ∇_{W1,W2} ½‖M(k) − target‖² by autograd, with the target held constant. Tests only."""
+    W1 = W1.detach().requires_grad_(True)
+    W2 = W2.detach().requires_grad_(True)
+    out, _, _ = mlp_memory_apply(W1, W2, k)
+    loss = 0.5 * ((out - target.detach()) ** 2).sum()
+    return torch.autograd.grad(loss, (W1, W2))

@@ -1,0 +1,145 @@
+"""The fast paths in hopelab.ops agree with their token-by-token references, in outputs and gradients."""
+
+import torch
+import torch.nn.functional as F
+import pytest
+
+from hopelab.ops.cms import cms_level, cms_level_reference
+from hopelab.ops.dgd import dgd_chunk, dgd_chunk_reference
+from hopelab.ops.memory import mlp_memory_apply, mlp_memory_inner_grad, mlp_memory_inner_grad_autograd
+from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
+from hopelab.ops.surprise import surprise_gate
+
+DT = torch.float64
+
+
+def _grads(outputs, inputs):
+    weights = [torch.randn_like(o) for o in outputs]
+    total = sum((o * w).sum() for o, w in zip(outputs, weights))
+    return torch.autograd.grad(total, inputs, allow_unused=True)
+
+
+def _assert_same(fast, ref, inputs, tol=1e-11):
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, atol=tol, rtol=1e-9), (a - b).abs().max()
+    torch.manual_seed(123)
+    g_fast = _grads(fast, inputs)
+    torch.manual_seed(123)
+    g_ref = _grads(ref, inputs)
+    for a, b in zip(g_fast, g_ref):
+        assert (a is None) == (b is None)
+        if a is None:
+            continue
+        assert torch.allclose(a, b, atol=tol, rtol=1e-9), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("precondition", [True, False])
+@pytest.mark.parametrize("C", [1, 5])
+def test_dgd_chunk_matches_reference(precondition, C):
+    torch.manual_seed(0)
+    B, M, H, din, dout = 2, 3, 2, 4, 6
+    S0 = torch.randn(B, M, H, dout, din, dtype=DT, requires_grad=True)
+    keys = F.normalize(torch.randn(B, 1, H, C, din, dtype=DT), dim=-1).requires_grad_()  # shared by memories
+    grads = torch.randn(B, M, H, C, dout, dtype=DT, requires_grad=True)
+    queries = torch.randn(B, 1, H, C, din, dtype=DT, requires_grad=True)
+    eta = (0.9 * torch.rand(B, 1, H, C, dtype=DT)).requires_grad_()
+    log_alpha = torch.log(0.5 + 0.5 * torch.rand(B, 1, H, C, dtype=DT)).requires_grad_()
+    inputs = [S0, keys, grads, queries, eta, log_alpha]
+    fast = dgd_chunk(S0, keys, grads, eta, log_alpha, queries, precondition)
+    ref = dgd_chunk_reference(S0, keys, grads, eta, log_alpha, queries, precondition)
+    _assert_same(fast, ref, inputs)
+
+
+def test_dgd_linear_step_is_eq93():
+    """One token of Eq 93: W (αI − η k kᵀ) − η (W k − v̂) kᵀ."""
+    torch.manual_seed(1)
+    d = 5
+    W = torch.randn(d, d, dtype=DT)
+    k = F.normalize(torch.randn(d, dtype=DT), dim=0)
+    v_hat = torch.randn(d, dtype=DT)
+    eta, alpha = 0.3, 0.9
+    expected = W @ (alpha * torch.eye(d, dtype=DT) - eta * torch.outer(k, k)) - eta * torch.outer(W @ k - v_hat, k)
+    err = (W @ k - v_hat)[None, :]  # g_t = e_t for a linear memory
+    _, got = dgd_chunk(W, k[None, :], err, torch.tensor([eta], dtype=DT), torch.log(torch.tensor([alpha], dtype=DT)))
+    assert torch.allclose(got, expected, atol=1e-12)
+
+
+def test_mlp_inner_grad_matches_autograd():
+    torch.manual_seed(2)
+    d, h, C = 4, 7, 3
+    W1, W2 = torch.randn(d, h, dtype=DT), torch.randn(h, d, dtype=DT)
+    k, target = torch.randn(C, d, dtype=DT), torch.randn(C, d, dtype=DT)
+    out, pre, hidden = mlp_memory_apply(W1, W2, k)
+    error = out - target
+    delta = mlp_memory_inner_grad(W1, pre, error)
+    g1, g2 = mlp_memory_inner_grad_autograd(W1, W2, k, target)
+    assert torch.allclose(error.T @ hidden, g1, atol=1e-12)  # Σ_t e_t u_tᵀ
+    assert torch.allclose(delta.T @ k, g2, atol=1e-12)  # Σ_t δ_t k_tᵀ
+
+
+@pytest.mark.parametrize("C", [1, 6])
+def test_momentum_chunk_matches_reference(C):
+    torch.manual_seed(3)
+    B, H, din, dout = 2, 2, 4, 3
+    M0 = torch.randn(B, H, dout, din, dtype=DT, requires_grad=True)
+    S0 = torch.randn(B, H, dout, din, dtype=DT, requires_grad=True)
+    keys = torch.randn(B, H, C, din, dtype=DT, requires_grad=True)
+    grads = torch.randn(B, H, C, dout, dtype=DT, requires_grad=True)
+    queries = torch.randn(B, H, C, din, dtype=DT, requires_grad=True)
+    lr = torch.rand(B, H, C, dtype=DT, requires_grad=True)
+    log_beta = torch.log(torch.rand(B, H, C, dtype=DT)).requires_grad_()
+    log_keep = torch.log(0.8 + 0.2 * torch.rand(B, H, C, dtype=DT)).requires_grad_()
+    inputs = [M0, S0, keys, grads, queries, lr, log_beta, log_keep]
+    fast = momentum_chunk(M0, S0, keys, grads, lr, log_beta, log_keep, queries)
+    ref = momentum_chunk_reference(M0, S0, keys, grads, lr, log_beta, log_keep, queries)
+    _assert_same(fast, ref, inputs)
+
+
+@pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10)])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cms_level_matches_reference(period, T, first_order):
+    torch.manual_seed(4)
+    B, D, h = 2, 5, 8
+    x = torch.randn(B, T, D, dtype=DT, requires_grad=True)
+    values = torch.randn(B, T, D, dtype=DT, requires_grad=True)
+    up = torch.randn(B, h, D, dtype=DT, requires_grad=True)
+    down = torch.randn(B, D, h, dtype=DT, requires_grad=True)
+    b_up = torch.randn(h, dtype=DT, requires_grad=True)
+    b_down = torch.randn(D, dtype=DT, requires_grad=True)
+    lr = torch.tensor(0.3, dtype=DT, requires_grad=True)
+    inputs = [x, values, up, down, b_up, b_down, lr]
+    fb, (fu, fd) = cms_level(x, values, up, down, b_up, b_down, lr, period, first_order)
+    rb, (ru, rd) = cms_level_reference(x, values, up, down, b_up, b_down, lr, period, first_order)
+    _assert_same([fb, fu, fd], [rb, ru, rd], inputs)
+
+
+def test_cms_level_is_causal_and_updates_only_at_period_ends():
+    torch.manual_seed(5)
+    B, T, D, h, period = 1, 12, 4, 6, 4
+    x, values = torch.randn(B, T, D, dtype=DT), torch.randn(B, T, D, dtype=DT)
+    up, down = torch.randn(B, h, D, dtype=DT), torch.randn(B, D, h, dtype=DT)
+    zeros_h, zeros_d = torch.zeros(h, dtype=DT), torch.zeros(D, dtype=DT)
+    positions = []
+    base, _ = cms_level(x, values, up, down, zeros_h, zeros_d, 0.5, period, record=lambda p, u, d: positions.append(p))
+    assert positions == [4, 8, 12]
+    x2 = x.clone()
+    x2[:, 5] += 1.0  # token 5 (second block) changes: first two blocks' earlier tokens must not move
+    out2, _ = cms_level(x2, values, up, down, zeros_h, zeros_d, 0.5, period)
+    assert torch.equal(out2[:, :5], base[:, :5])
+    assert not torch.allclose(out2[:, 8:], base[:, 8:])  # the write reaches later blocks
+
+
+def test_surprise_gate_modes():
+    s = torch.tensor([[0.001, 0.5, 0.03, 2.0]], dtype=DT)
+    gate, _ = surprise_gate(s, "absolute", 0.02, None)
+    assert gate.tolist() == [[0.0, 1.0, 1.0, 1.0]]
+    gate, _ = surprise_gate(s, "off", 0.02, None)
+    assert gate.tolist() == [[1.0] * 4]
+    # relative: causal z-score; splitting the sequence with carried stats gives the same gates
+    gate_full, stats_full = surprise_gate(s, "relative", 0.0, None)
+    g1, st = surprise_gate(s[:, :2], "relative", 0.0, None)
+    g2, st2 = surprise_gate(s[:, 2:], "relative", 0.0, st)
+    assert torch.equal(torch.cat([g1, g2], 1), gate_full) and torch.allclose(st2, stats_full)
+    assert gate_full[0, 0] == 0 and gate_full[0, 1] == 1 and gate_full[0, 3] == 1
+    with pytest.raises(ValueError):
+        surprise_gate(s, "bogus", 0.0, None)
