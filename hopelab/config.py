@@ -52,6 +52,8 @@ class ModelConfig:
     # --- Titans baseline (GD with momentum and weight decay)
     titans_momentum_init: float = 0.9
     titans_decay_init: float = 0.01
+    # --- Transformer baselines
+    mlp_hidden: int | None = None  # feed-forward width; None: 4 * dim (transformer_matched solves it)
     # --- shared
     dropout: float = 0.0
     tokenizer: TokenizerName = "bpe"

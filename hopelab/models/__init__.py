@@ -79,23 +79,38 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def matched_transformer_config(cfg: ModelConfig, tolerance: float = 0.05) -> ModelConfig:
-    """Same depth, heads and vocabulary; the width (a multiple of n_heads) whose count is nearest hope's."""
+    """Same depth, heads and vocabulary as hope; the width (a multiple of n_heads) whose count at the standard
+    4x feed-forward is nearest hope's, then the feed-forward width that closes the remaining gap."""
+    import torch
+
     from hopelab.models.hope import HopeLM
     from hopelab.models.transformer import TransformerLM
 
-    import torch
+    def n_params(c: ModelConfig) -> int:
+        with torch.device("meta"):
+            return count_parameters(TransformerLM(c))
 
     with torch.device("meta"):
         target = count_parameters(HopeLM(cfg))
-        best = None
-        step = cfg.n_heads * 2
-        for dim in range(step, 8 * cfg.dim + step, step):
-            cand = dataclasses.replace(cfg, dim=dim)
-            n = count_parameters(TransformerLM(cand))
-            if best is None or abs(n - target) < abs(best[1] - target):
-                best = (cand, n)
-            if n > target:
-                break
+    lo, hi = 1, 64 * cfg.dim // cfg.n_heads  # search dim = n_heads * m
+    while lo < hi:  # smallest width whose count reaches the target
+        mid = (lo + hi) // 2
+        if n_params(dataclasses.replace(cfg, dim=cfg.n_heads * mid, mlp_hidden=None)) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    best = None
+    for m in (lo - 1, lo):
+        if m < 1:
+            continue
+        cand = dataclasses.replace(cfg, dim=cfg.n_heads * m, mlp_hidden=None)
+        base = n_params(cand)
+        per_hidden = cfg.n_layers * (2 * cand.dim + 1)  # one more unit per block: up row + bias, down column
+        hidden = max(1, 4 * cand.dim + round((target - base) / per_hidden))
+        cand = dataclasses.replace(cand, mlp_hidden=hidden)
+        n = n_params(cand)
+        if best is None or abs(n - target) < abs(best[1] - target):
+            best = (cand, n)
     cand, n = best
     if abs(n - target) / target > tolerance:
         raise UserError(f"no Transformer width matches hope's {target} parameters within {tolerance:.0%}")

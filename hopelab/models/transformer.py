@@ -52,7 +52,7 @@ class TransformerBlock(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.dim)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.dim)
-        self.mlp = MLP(cfg.dim, 4 * cfg.dim, cfg.dropout)
+        self.mlp = MLP(cfg.dim, cfg.mlp_hidden or 4 * cfg.dim, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))

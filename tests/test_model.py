@@ -1,0 +1,220 @@
+"""The HOPE model and its variants: faithful where public implementations are not (see seeds/001)."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hopelab.config import ModelConfig
+from hopelab.errors import UserError
+from hopelab.layers.hooks import attach_hooks, hook_names, record_hooks
+from hopelab.models import (
+    VARIANTS,
+    build_model,
+    count_parameters,
+    initial_states,
+    set_impl,
+    trace_fast_states,
+    variant_config,
+)
+
+DT = torch.float64
+V = 50
+CFG = ModelConfig(vocab_size=V, dim=16, n_layers=1, n_heads=2, context_len=32, chunk_size=4, cms_periods=(4, 8))
+
+
+def make(variant, **overrides):
+    torch.manual_seed(0)
+    return build_model(variant, dataclasses.replace(CFG, **overrides)).to(DT)
+
+
+def tokens(B=2, T=32, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def next_token_loss(logits, x, start=0):
+    return F.cross_entropy(logits[:, start:-1].reshape(-1, V), x[:, start + 1 :].reshape(-1))
+
+
+def param_grads(model, loss):
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return dict(zip(params, grads))
+
+
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("memory", ["mlp", "linear"])
+@pytest.mark.parametrize("chunk_size", [1, 4])
+@pytest.mark.parametrize("variant", ["hope", "hope_no_selfmod", "titans"])
+def test_chunked_fast_path_equals_reference(variant, memory, chunk_size):
+    if variant == "titans" and memory == "linear":
+        pytest.skip("the Titans baseline has an MLP memory only")
+    x = tokens(T=16)
+    model = make(variant, memory=memory, chunk_size=chunk_size, n_layers=1)
+    fast = model(x)
+    g_fast = param_grads(model, next_token_loss(fast, x))
+    set_impl(model, "reference")
+    ref = model(x)
+    g_ref = param_grads(model, next_token_loss(ref, x))
+    assert torch.allclose(fast, ref, atol=1e-10, rtol=0)
+    for name in g_fast:
+        assert g_fast[name] is not None and g_ref[name] is not None, name
+        assert torch.allclose(g_fast[name], g_ref[name], atol=1e-10, rtol=1e-8), name
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_causal_in_float64(variant):
+    model = make(variant).eval()
+    x = tokens(T=16)
+    base = model(x)
+    for j in (0, 2, 4, 7, 9, 15):  # chunk starts and positions inside chunks
+        x2 = x.clone()
+        x2[:, j] = (x2[:, j] + 7) % V
+        out = model(x2)
+        assert torch.equal(out[:, :j], base[:, :j]) or torch.allclose(out[:, :j], base[:, :j], atol=1e-13), j
+        assert not torch.allclose(out[:, j:], base[:, j:])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_batch_independence(variant):
+    model = make(variant)
+    x = tokens(B=3, T=16)
+    base = model(x)
+    x2 = x.clone()
+    x2[0] = (x2[0] + 3) % V
+    out = model(x2)
+    assert torch.allclose(out[1:], base[1:], atol=1e-13)
+    assert not torch.allclose(out[0], base[0])
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope_no_cms", "hope_no_selfmod", "titans"])
+def test_streaming_equals_parallel(variant):
+    model = make(variant).eval()
+    x = tokens(T=32)
+    with torch.no_grad():
+        full = model(x)
+        a, state = model(x[:, :8], return_state=True)
+        b, state = model(x[:, 8:24], state=state, return_state=True)
+        c, _ = model(x[:, 24:], state=state, return_state=True)
+    assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-12)
+    with pytest.raises(ValueError, match="multiple of"):
+        _, bad = model(x[:, :6], return_state=True)
+        model(x[:, 6:], state=bad)
+
+
+def test_state_does_not_carry_across_calls():
+    model = make("hope")
+    x = tokens()
+    assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_parameter_gets_a_nonzero_gradient(variant):
+    model = make(variant, n_layers=2)
+    x = tokens()
+    grads = param_grads(model, next_token_loss(model(x), x))
+    dead = [n for n, g in grads.items() if g is None or not torch.any(g != 0)]
+    assert not dead, dead
+
+
+@pytest.mark.parametrize("inner_grad", ["full", "first_order"])
+def test_late_loss_reaches_initial_states_and_rate_producers(inner_grad):
+    """A loss on the last quarter of positions alone must reach all six memories' initial states (through the
+    in-sequence updates), and the η and α producers."""
+    model = make("hope", inner_grad=inner_grad, n_layers=2)
+    x = tokens(T=32)
+    grads = param_grads(model, next_token_loss(model(x), x, start=24))
+    for i in range(2):
+        for suffix in ("init_W1", "init_W2", "eta_readout", "eta_bias", "alpha_readout", "alpha_bias"):
+            g = grads[f"blocks.{i}.titans.{suffix}"]
+            assert g is not None and torch.any(g != 0), suffix
+        per_memory = grads[f"blocks.{i}.titans.init_W2"].flatten(1).abs().sum(1)  # [6 memories] k v q η α mem
+        if inner_grad == "full":
+            assert torch.all(per_memory > 0), per_memory
+        else:  # first order: M_v only makes targets, which first-order treats as data; it cannot learn
+            assert per_memory[1] == 0 and torch.all(per_memory[[0, 2, 3, 4, 5]] > 0), per_memory
+        for level in range(len(CFG.cms_periods)):
+            assert torch.any(grads[f"blocks.{i}.cms.levels.{level}.init_up"] != 0)
+
+
+def test_eta_alpha_vary_per_token_and_sample():
+    model = make("hope")
+    with record_hooks(model, ["*hook_eta", "*hook_alpha"]) as rec:
+        model(tokens(B=3))
+    assert len(rec) == 2 * CFG.n_layers
+    for name, t in rec.items():  # [B, T, H]
+        assert t.shape == (3, 32, CFG.n_heads)
+        assert t.std(dim=1).min() > 0, name  # across tokens
+        assert t.std(dim=0).min() > 0, name  # across samples
+        assert torch.all(t > 0) and torch.all(t <= (1.0 if "alpha" in name else CFG.eta_max))
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope_no_selfmod", "titans"])
+def test_memory_updates_in_eval_beyond_conv_window(variant):
+    model = make(variant, use_cms=False).eval()  # no CMS: the memory alone must carry it
+    x = tokens(T=32)
+    with torch.no_grad():
+        base = model(x)
+        x2 = x.clone()
+        x2[:, 0] = (x2[:, 0] + 1) % V
+        late = (model(x2)[:, 24:] - base[:, 24:]).abs().max()
+    assert late > 1e-8  # 24+ tokens away, far beyond the 4-token conv window
+
+
+def test_cms_levels_update_at_token_periods():
+    model = make("hope")
+    with trace_fast_states(model) as trace:
+        model(tokens(T=32))
+    by_key = {}
+    for r in trace.records:
+        by_key.setdefault(r.key, []).append(r.position)
+    assert by_key["blocks.0.cms.levels.0"] == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert by_key["blocks.0.cms.levels.1"] == [8, 16, 24, 32]
+    assert by_key["blocks.0.titans.memory"] == [4, 8, 12, 16, 20, 24, 28, 32]
+    states = initial_states(model)
+    assert set(states) == {f"blocks.0.titans.{c}" for c in ("k", "v", "q", "eta", "alpha", "memory")} | {
+        "blocks.0.cms.levels.0",
+        "blocks.0.cms.levels.1",
+    }
+    rec = trace.records[-1]
+    for name, t in rec.states.items():
+        assert t.shape[1:] == states[rec.key][name].shape
+
+
+def test_surprise_gate_hooks_and_threshold():
+    x = tokens()
+    with record_hooks(model := make("hope", surprise_threshold=1e9), ["*hook_gate", "*hook_surprise"]) as rec:
+        model(x)
+    assert all(torch.all(t == 0) for n, t in rec.items() if n.endswith("gate"))  # nothing clears 1e9
+    with record_hooks(model := make("hope_no_surprise"), ["*hook_gate", "*hook_surprise"]) as rec:
+        model(x)
+    assert all(torch.all(t == 1) for n, t in rec.items() if n.endswith("gate"))
+    assert all(torch.all(t > 0) for n, t in rec.items() if n.endswith("surprise"))
+
+
+def test_gated_cms_and_hooks_are_removed():
+    model = make("hope", cms_combine="gated", n_layers=2)
+    names = hook_names(model)
+    assert "blocks.1.cms.levels.1.hook_out" in names
+    with attach_hooks(model, {"blocks.*.titans.hook_out": lambda n, t: None}) as attached:
+        assert len(attached) == 2
+        model(tokens())
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(KeyError):
+        with attach_hooks(model, {"blocks.0.no_such_hook": lambda n, t: None}):
+            pass
+
+
+@pytest.mark.parametrize("config", ["tiny", "scaled", CFG])
+def test_transformer_matched_within_5_percent(config):
+    with torch.device("meta"):
+        hope = count_parameters(build_model("hope", config))
+        matched = count_parameters(build_model("transformer_matched", config))
+    assert abs(matched - hope) / hope < 0.05
+    assert variant_config("transformer_matched", config).dim != variant_config("transformer", config).dim
+
+
+def test_unknown_variant_is_a_user_error():
+    with pytest.raises(UserError, match="hope_no_cms"):
+        build_model("hopee", "tiny")
