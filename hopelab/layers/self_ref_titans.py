@@ -42,7 +42,7 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
-from hopelab.ops.dgd import dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
+from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
 from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
@@ -243,22 +243,24 @@ class SelfReferentialTitans(nn.Module):
                 W1, hidden_k, error, eta_w, log_alpha_w, act(reads2), precondition=False
             )
             return reads1[:, -1], {"W1": W1_end, "W2": W2_end}
-        w2, lg = dgd_chunk_factors(W2, keys, delta, eta_w, log_alpha_w, precondition=True)
-        w1, _ = dgd_chunk_factors(W1, hidden_k, error, eta_w, log_alpha_w, precondition=False)
+        decay = chunk_decay(log_alpha_w)  # [B, 1, H, ...], shared by both weights of all memories
+        w2 = dgd_chunk_factors(W2, keys, delta, eta_w, decay, precondition=True)
+        w1 = dgd_chunk_factors(W1, hidden_k, error, eta_w, decay, precondition=False)
         # reads only for M_memory (the last memory): p_t = W2_t q_t, then W1_t σ(p_t)
-        p = dgd_read(W2[:, -1], w2[:, -1], keys[:, 0], lg[:, 0], query[:, 0])  # [B, H, n, h]
-        read = dgd_read(W1[:, -1], w1[:, -1], hidden_k[:, -1], lg[:, 0], act(p))  # [B, H, n, d]
-        new = {"W1": dgd_end_state(W1, w1, hidden_k, lg), "W2": dgd_end_state(W2, w2, keys, lg)}
-        return read, new
+        p = dgd_read(W2[:, -1:], w2[:, -1:], keys, decay, query)  # [B, 1, H, n, h]
+        read = dgd_read(W1[:, -1:], w1[:, -1:], hidden_k[:, -1:], decay, act(p))  # [B, 1, H, n, d]
+        new = {"W1": dgd_end_state(W1, w1, hidden_k, decay), "W2": dgd_end_state(W2, w2, keys, decay)}
+        return read[:, 0], new
 
     def _update_linear(self, mem, keys, query, error, eta_w, log_alpha_w):
         W = mem["W"]  # [B, M, H, d, d]; ∇W L = e kᵀ (Eq 93)
         if self.impl == "reference":
             reads, W_end = dgd_chunk_reference(W, keys, error, eta_w, log_alpha_w, query, precondition=True)
             return reads[:, -1], {"W": W_end}
-        w, lg = dgd_chunk_factors(W, keys, error, eta_w, log_alpha_w, precondition=True)
-        read = dgd_read(W[:, -1], w[:, -1], keys[:, 0], lg[:, 0], query[:, 0])  # [B, H, n, d]
-        return read, {"W": dgd_end_state(W, w, keys, lg)}
+        decay = chunk_decay(log_alpha_w)
+        w = dgd_chunk_factors(W, keys, error, eta_w, decay, precondition=True)
+        read = dgd_read(W[:, -1:], w[:, -1:], keys, decay, query)  # [B, 1, H, n, d]
+        return read[:, 0], {"W": dgd_end_state(W, w, keys, decay)}
 
     def _emit_hooks(self, rec, keep, B, T, D):
         for name in ("k", "v", "q"):

@@ -24,16 +24,50 @@ matrix products. Shapes carry leading batch dims `...` that broadcast (keys may 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+_MASKS: dict = {}
+
+
+def causal_log_masks(C: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive masks [C, C]: 0 where s < t (strict) / s ≤ t (inclusive), -inf elsewhere. Cached."""
+    key = (C, like.device, like.dtype)
+    if key not in _MASKS:
+        ones = torch.ones(C, C, dtype=torch.bool, device=like.device)
+        neg = torch.tensor(float("-inf"), dtype=like.dtype, device=like.device)
+        zero = torch.tensor(0.0, dtype=like.dtype, device=like.device)
+        _MASKS[key] = (torch.where(ones.tril(-1), zero, neg), torch.where(ones.tril(0), zero, neg))
+    return _MASKS[key]
 
 
 def _log_ratio_matrix(log_gamma_row: torch.Tensor, log_gamma_col: torch.Tensor, strict: bool) -> torch.Tensor:
     """exp(row_t − col_s) on the causal mask (s < t if strict else s ≤ t), 0 elsewhere. -> [..., C, C]"""
-    C = log_gamma_row.shape[-1]
     diff = log_gamma_row.unsqueeze(-1) - log_gamma_col.unsqueeze(-2)  # [..., C, C]
-    mask = torch.ones(C, C, dtype=torch.bool, device=diff.device).tril(-1 if strict else 0)
-    # where() before exp: masked entries may be large positive numbers; exp(-inf) = 0 with zero gradient
-    return torch.exp(torch.where(mask, diff, torch.full_like(diff, float("-inf"))))
+    strict_mask, inclusive_mask = causal_log_masks(diff.shape[-1], diff)
+    # exp(x + (-inf)) = 0 with zero gradient: masked entries (maybe large positive x) never overflow
+    return torch.exp(diff + (strict_mask if strict else inclusive_mask))
+
+
+@dataclass
+class ChunkDecay:
+    """Everything the decays α_t of one chunk contribute, computed once and shared by every weight."""
+
+    log_alpha: torch.Tensor  # [..., C]       log α_t
+    log_gamma: torch.Tensor  # [..., C]       log γ_t, γ_t = Π_{r≤t} α_r
+    inclusive: torch.Tensor  # [..., C, C]    γ_t/γ_s for s ≤ t, else 0
+    strict: torch.Tensor  # [..., C, C]       γ_{t-1}/γ_s for s < t, else 0
+
+
+def chunk_decay(log_alpha: torch.Tensor) -> ChunkDecay:
+    log_gamma = torch.cumsum(log_alpha, dim=-1)  # [..., C]
+    diff = log_gamma.unsqueeze(-1) - log_gamma.unsqueeze(-2)  # [..., C, C]   log γ_t − log γ_s
+    strict_mask, inclusive_mask = causal_log_masks(diff.shape[-1], diff)
+    inclusive = torch.exp(diff + inclusive_mask)
+    strict = torch.exp(diff - log_alpha.unsqueeze(-1) + strict_mask)  # log γ_{t-1} = log γ_t − log α_t
+    return ChunkDecay(log_alpha, log_gamma, inclusive, strict)
 
 
 def dgd_chunk_factors(
@@ -41,43 +75,40 @@ def dgd_chunk_factors(
     keys: torch.Tensor,  # [..., C, in]
     grads: torch.Tensor,  # [..., C, out]   g_t, with ∇L_t(S_0) = g_t k_tᵀ
     eta: torch.Tensor,  # [..., C]        η_t (already gated)
-    log_alpha: torch.Tensor,  # [..., C]  log α_t (already gated), α_t ∈ (0, 1]
+    decay: ChunkDecay,  # of the (gated) α_t
     precondition: bool = True,  # λ_t = η_t (DGD) or 0 (decay only)
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The WY vectors w [..., C, out] and log γ [..., C] that represent every S_t of the chunk."""
-    C = keys.shape[-2]
-    log_gamma = torch.cumsum(log_alpha, dim=-1)  # [..., C]   log γ_t
+) -> torch.Tensor:
+    """The WY vectors w [..., C, out] that, with the decays, represent every S_t of the chunk."""
     w = -eta.unsqueeze(-1) * grads  # [..., C, out]  right-hand side without the preconditioner
     if precondition:
-        log_gamma_prev = log_gamma - log_alpha  # [..., C]   log γ_{t-1}
+        gamma_prev = torch.exp(decay.log_gamma - decay.log_alpha)  # [..., C]   γ_{t-1}
         S0k = keys @ S0.transpose(-1, -2)  # [..., C, out]  S_0 k_t
-        w = w - (eta * torch.exp(log_gamma_prev)).unsqueeze(-1) * S0k
+        w = w - (eta * gamma_prev).unsqueeze(-1) * S0k
         kk = keys @ keys.transpose(-1, -2)  # [..., C, C]    k_tᵀ k_s
-        decay = _log_ratio_matrix(log_gamma_prev, log_gamma, strict=True)  # γ_{t-1}/γ_s, s < t
-        lower = eta.unsqueeze(-1) * decay * kk  # [..., C, C]  strictly lower; unit diagonal implied
+        lower = eta.unsqueeze(-1) * decay.strict * kk  # [..., C, C]  strictly lower; unit diagonal implied
         w = torch.linalg.solve_triangular(lower, w, upper=False, unitriangular=True)  # [..., C, out]
-    return w, log_gamma
+    return w
 
 
-def dgd_read(S0, w, keys, log_gamma, queries) -> torch.Tensor:
+def dgd_read(S0, w, keys, decay: ChunkDecay, queries) -> torch.Tensor:
     """read_t = S_t q_t = γ_t S_0 q_t + Σ_{s≤t} (γ_t/γ_s) (k_sᵀ q_t) w_s.  -> [..., C, out]"""
-    decay = _log_ratio_matrix(log_gamma, log_gamma, strict=False)  # γ_t/γ_s, s ≤ t
-    scores = decay * (queries @ keys.transpose(-1, -2))  # [..., C, C]
-    return torch.exp(log_gamma).unsqueeze(-1) * (queries @ S0.transpose(-1, -2)) + scores @ w
+    scores = decay.inclusive * (queries @ keys.transpose(-1, -2))  # [..., C, C]
+    return torch.exp(decay.log_gamma).unsqueeze(-1) * (queries @ S0.transpose(-1, -2)) + scores @ w
 
 
-def dgd_end_state(S0, w, keys, log_gamma) -> torch.Tensor:
+def dgd_end_state(S0, w, keys, decay: ChunkDecay) -> torch.Tensor:
     """S_C = γ_C S_0 + Σ_s (γ_C/γ_s) w_s k_sᵀ.  -> [..., out, in]"""
-    to_end = torch.exp(log_gamma[..., -1:] - log_gamma)  # [..., C]   γ_C/γ_s
-    gamma_end = torch.exp(log_gamma[..., -1])[..., None, None]  # [..., 1, 1]
+    to_end = decay.inclusive[..., -1, :]  # [..., C]   γ_C/γ_s
+    gamma_end = torch.exp(decay.log_gamma[..., -1])[..., None, None]  # [..., 1, 1]
     return gamma_end * S0 + (to_end.unsqueeze(-1) * w).transpose(-1, -2) @ keys
 
 
 def dgd_chunk(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
     """Chunk-wise DGD: (reads [..., C, out] or None, chunk-end state [..., out, in])."""
-    w, log_gamma = dgd_chunk_factors(S0, keys, grads, eta, log_alpha, precondition)
-    reads = dgd_read(S0, w, keys, log_gamma, queries) if queries is not None else None
-    return reads, dgd_end_state(S0, w, keys, log_gamma)
+    decay = chunk_decay(log_alpha)
+    w = dgd_chunk_factors(S0, keys, grads, eta, decay, precondition)
+    reads = dgd_read(S0, w, keys, decay, queries) if queries is not None else None
+    return reads, dgd_end_state(S0, w, keys, decay)
 
 
 def dgd_chunk_reference(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
