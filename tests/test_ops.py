@@ -143,3 +143,14 @@ def test_surprise_gate_modes():
     assert gate_full[0, 0] == 0 and gate_full[0, 1] == 1 and gate_full[0, 3] == 1
     with pytest.raises(ValueError):
         surprise_gate(s, "bogus", 0.0, None)
+
+
+def test_fused_activation_grad_matches_closed_form_twice_differentiable():
+    from hopelab.ops.memory import act_grad, act_grad_times
+
+    x = torch.randn(7, dtype=DT, requires_grad=True)
+    up = torch.randn(7, dtype=DT, requires_grad=True)
+    assert torch.allclose(act_grad_times(up, x), act_grad(x) * up, atol=1e-14)
+    g1 = torch.autograd.grad(act_grad_times(up, x).sum(), (x, up))
+    g2 = torch.autograd.grad((act_grad(x) * up).sum(), (x, up))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g2))

@@ -133,11 +133,41 @@ class SelfReferentialTitans(nn.Module):
                 out[comp] = {"W": self.init_W[m]}
         return out
 
-    def _apply_memories(self, states, z):
-        """Apply memories (state tensors [B, M', H, ...]) to z [B, M' or 1, H, n, d] -> (out, pre, hidden)."""
+    # Internal fast-state layout, per sample and head, chosen so that the weights that multiply the (shared)
+    # key stack the M memories along their output rows and each DGD step is one batched product:
+    #   "W2": [B, H, M·h, d]   (MLP; the rows of memory m are m·h … (m+1)·h − 1)   or  "W": [B, H, M·d, d]
+    #   "W1": [B, H, M, d, h]  (MLP only; its keys σ(W2 k) differ per memory)
+    def _initial_fast_state(self, B: int) -> dict[str, torch.Tensor]:
         if self.cfg.memory == "mlp":
-            return mlp_memory_apply(states["W1"], states["W2"], z)
-        return linear_memory_apply(states["W"], z), None, None
+            M, H, h, d = self.init_W2.shape
+            W2 = self.init_W2.permute(1, 0, 2, 3).reshape(H, M * h, d)  # [H, M·h, d]
+            W1 = self.init_W1.permute(1, 0, 2, 3)  # [H, M, d, h]
+            return {"W1": W1.expand(B, *W1.shape), "W2": W2.expand(B, *W2.shape)}
+        M, H, d, _ = self.init_W.shape
+        W = self.init_W.permute(1, 0, 2, 3).reshape(H, M * d, d)  # [H, M·d, d]
+        return {"W": W.expand(B, *W.shape)}
+
+    def _per_memory(self, mem: dict, m: int) -> dict[str, torch.Tensor]:
+        """Memory m's fast state in the parameter layout ([B, H, d, h], [B, H, h, d] or [B, H, d, d])."""
+        M = len(self.components)
+        if self.cfg.memory == "mlp":
+            B, H, Mh, d = mem["W2"].shape
+            return {"W1": mem["W1"][:, :, m], "W2": mem["W2"].view(B, H, M, Mh // M, d)[:, :, m]}
+        B, H, Md, d = mem["W"].shape
+        return {"W": mem["W"].view(B, H, M, d, d)[:, :, m]}
+
+    def _apply_all(self, mem: dict, z: torch.Tensor):
+        """Every memory on the same inputs z [B, H, n, d] -> (out [B, H, M, n, d], pre [B, H, M, n, h] | None,
+        hidden [B, H, M, n, h] | None)."""
+        M = len(self.components)
+        B, H, n, d = z.shape
+        if self.cfg.memory == "linear":
+            out = (z @ mem["W"].transpose(-1, -2)).view(B, H, n, M, d).transpose(2, 3)  # M(z) = W z
+            return out, None, None
+        pre = (z @ mem["W2"].transpose(-1, -2)).view(B, H, n, M, -1).transpose(2, 3)  # [B, H, M, n, h]  W2 z
+        hidden = act(pre)
+        out = z.unsqueeze(2) + hidden @ mem["W1"].transpose(-1, -2)  # [B, H, M, n, d]  z + W1 σ(W2 z)
+        return out, pre, hidden
 
     def _rates(self, eta_feat, alpha_feat):
         """Per-token, per-head η_t ∈ (0, η_max) and log α_t, α_t ∈ (0, 1).  feats [B, H, n, d] -> [B, H, n]"""
@@ -151,6 +181,7 @@ class SelfReferentialTitans(nn.Module):
         cfg = self.cfg
         B, T, D = x.shape
         H, d, C = self.n_heads, self.head_dim, cfg.chunk_size
+        M = len(self.components)
         state = state or {}
         xc, conv_tail = self.conv(x, state.get("conv"))  # [B, T, D]
         heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]
@@ -162,12 +193,7 @@ class SelfReferentialTitans(nn.Module):
             q_all = F.normalize(qh, dim=-1)
             eta_all = cfg.eta_max * torch.sigmoid(self.W_eta(xc)).transpose(1, 2)  # [B, H, T]
             log_alpha_all = F.logsigmoid(self.W_alpha(xc)).transpose(1, 2)  # [B, H, T]
-        if "mem" in state:
-            mem = state["mem"]
-        elif cfg.memory == "mlp":
-            mem = {"W1": self.init_W1.expand(B, *self.init_W1.shape), "W2": self.init_W2.expand(B, *self.init_W2.shape)}
-        else:
-            mem = {"W": self.init_W.expand(B, *self.init_W.shape)}
+        mem = state["mem"] if "mem" in state else self._initial_fast_state(B)
         stats = state.get("surprise_stats")
         pos0 = state.get("pos", 0)
         first_order = cfg.inner_grad == "first_order"
@@ -176,35 +202,29 @@ class SelfReferentialTitans(nn.Module):
         outs = []
         for start in range(0, T, C):
             end = min(start + C, T)
+            n = end - start
             if cfg.selfmod:
-                # projections with the chunk-start state: memories k, v, q, eta, alpha on their inputs
-                xs, qs = xh[:, :, start:end], qh[:, :, start:end]  # [B, H, n, d]
-                inputs = torch.stack([xs, xs, qs, xs, xs], dim=1)  # [B, 5, H, n, d]
-                proj, _, _ = self._apply_memories({n: s[:, :5] for n, s in mem.items()}, inputs)
-                k = F.normalize(proj[:, 0], dim=-1)  # [B, H, n, d]
-                v = F.normalize(proj[:, 1], dim=-1)
-                q = F.normalize(proj[:, 2], dim=-1)
-                eta, log_alpha = self._rates(proj[:, 3], proj[:, 4])  # [B, H, n]
+                # projections with the chunk-start state: every memory on [x; q̃], keep k, v, η, α of x, q of q̃
+                proj, _, _ = self._apply_all(mem, torch.cat([xh[:, :, start:end], qh[:, :, start:end]], dim=2))
+                k = F.normalize(proj[:, :, 0, :n], dim=-1)  # [B, H, n, d]   k_t = M_k(x_t)
+                v = F.normalize(proj[:, :, 1, :n], dim=-1)  # v_t = M_v(x_t)
+                q = F.normalize(proj[:, :, 2, n:], dim=-1)  # q_t = M_q(x_t W_q)
+                eta, log_alpha = self._rates(proj[:, :, 3, :n], proj[:, :, 4, :n])  # [B, H, n]
+                # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
+                both, pre, hidden = self._apply_all(mem, torch.cat([k, v], dim=2))
+                mk, v_hat = both[..., :n, :], both[..., n:, :]  # [B, H, M, n, d]
             else:
                 k, v, q = k_all[:, :, start:end], v_all[:, :, start:end], q_all[:, :, start:end]
                 eta, log_alpha = eta_all[:, :, start:end], log_alpha_all[:, :, start:end]
-            n = end - start
-            # self-generated values v̂_□ = M_□(v) (Eq 83) and the inner errors e_□ = M_□(k) − v̂_□
-            if cfg.selfmod:
-                both, pre, hidden = self._apply_memories(mem, torch.cat([k, v], dim=-2).unsqueeze(1))
-                mk, v_hat = both[..., :n, :], both[..., n:, :]  # [B, M, H, n, d]
-                pre_k = pre[..., :n, :] if pre is not None else None
-                hidden_k = hidden[..., :n, :] if hidden is not None else None
-            else:
-                mk, pre_k, hidden_k = self._apply_memories(mem, k.unsqueeze(1))
-                v_hat = v.unsqueeze(1)  # v̂ = v
-            error = mk - v_hat  # [B, M, H, n, d]
-            surprise = surprise_from_error(error[:, -1].detach())  # [B, n]   M_memory's inner loss
+                mk, pre, hidden = self._apply_all(mem, k)
+                v_hat = v.unsqueeze(2)  # v̂ = v
+            pre_k = pre[..., :n, :] if pre is not None else None  # [B, H, M, n, h]   W2 k
+            hidden_k = hidden[..., :n, :] if hidden is not None else None  # σ(W2 k)
+            error = mk - v_hat  # [B, H, M, n, d]
+            surprise = surprise_from_error(error[:, :, -1].detach())  # [B, n]   M_memory's inner loss
             gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
-            eta_w = (eta * gate[:, None, :]).unsqueeze(1)  # [B, 1, H, n]   gated η
-            log_alpha_w = (log_alpha * gate[:, None, :]).unsqueeze(1)  # [B, 1, H, n]
-            keys = k.unsqueeze(1)  # [B, 1, H, n, d]   shared by all memories
-            query = q.unsqueeze(1)  # [B, 1, H, n, d]
+            eta_w = eta * gate[:, None, :]  # [B, H, n]   gated η
+            log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
             if cfg.chunk_grad == "mean":  # the chunk's C gradients share one state: average them
                 error = error / C
             if first_order:
@@ -212,17 +232,16 @@ class SelfReferentialTitans(nn.Module):
                 pre_k = pre_k.detach() if pre_k is not None else None
                 hidden_k = hidden_k.detach() if hidden_k is not None else None
             if cfg.memory == "mlp":
-                delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, M, H, n, h]  ∇W2 = δ kᵀ
-                read, new_mem = self._update_mlp(mem, keys, query, error, delta, hidden_k, eta_w, log_alpha_w)
+                delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
+                read, mem = self._update_mlp(mem, k, q, error, delta, hidden_k, eta_w, log_alpha_w)
                 o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
             else:
-                read, new_mem = self._update_linear(mem, keys, query, error, eta_w, log_alpha_w)
+                read, mem = self._update_linear(mem, k, q, error, eta_w, log_alpha_w)
                 o = read  # o_t = W_memory,t q_t
-            mem = new_mem
             outs.append(o)  # [B, H, n, d]
             if self._trace is not None and n == C:
                 for m, comp in enumerate(self.components):
-                    self._trace(comp, pos0 + end, {name: s[:, m].detach() for name, s in mem.items()})
+                    self._trace(comp, pos0 + end, {k_: t.detach() for k_, t in self._per_memory(mem, m).items()})
             for name, t in (("k", k), ("v", v), ("q", q), ("eta", eta), ("alpha", log_alpha.exp()),
                             ("surprise", surprise), ("gate", gate)):
                 if keep[name]:
@@ -234,33 +253,44 @@ class SelfReferentialTitans(nn.Module):
         new_state = {"mem": mem, "conv": conv_tail, "surprise_stats": stats, "pos": pos0 + T}
         return out, new_state
 
+    @staticmethod
+    def _stack_rows(t: torch.Tensor) -> torch.Tensor:
+        """[B, H, M, n, r] -> [B, H, n, M·r]: per-memory gradient factors as rows of the stacked weight."""
+        B, H, M, n, r = t.shape
+        return t.transpose(2, 3).reshape(B, H, n, M * r)
+
     def _update_mlp(self, mem, keys, query, error, delta, hidden_k, eta_w, log_alpha_w):
-        W1, W2 = mem["W1"], mem["W2"]  # [B, M, H, d, h], [B, M, H, h, d]
+        W1, W2 = mem["W1"], mem["W2"]  # [B, H, M, d, h], [B, H, M·h, d]
+        h = W1.shape[-1]
+        g2 = self._stack_rows(delta)  # [B, H, n, M·h]
         if self.impl == "reference":
             # W2 ← W2 (α I − η k kᵀ) − η δ kᵀ ; W1 ← α W1 − η e uᵀ, token by token (Eq 88)
-            reads2, W2_end = dgd_chunk_reference(W2, keys, delta, eta_w, log_alpha_w, query, precondition=True)
+            reads2, W2_end = dgd_chunk_reference(W2, keys, g2, eta_w, log_alpha_w, query, precondition=True)
+            p = reads2[..., -h:].unsqueeze(2)  # [B, H, 1, n, h]   W2_t q_t of M_memory
             reads1, W1_end = dgd_chunk_reference(
-                W1, hidden_k, error, eta_w, log_alpha_w, act(reads2), precondition=False
+                W1, hidden_k, error, eta_w.unsqueeze(2), log_alpha_w.unsqueeze(2), act(p), precondition=False
             )
-            return reads1[:, -1], {"W1": W1_end, "W2": W2_end}
-        decay = chunk_decay(log_alpha_w)  # [B, 1, H, ...], shared by both weights of all memories
-        w2 = dgd_chunk_factors(W2, keys, delta, eta_w, decay, precondition=True)
-        w1 = dgd_chunk_factors(W1, hidden_k, error, eta_w, decay, precondition=False)
+            return reads1[:, :, -1], {"W1": W1_end, "W2": W2_end}
+        decay = chunk_decay(log_alpha_w)  # [B, H, ...], shared by both weights of all memories
+        w2 = dgd_chunk_factors(W2, keys, g2, eta_w, decay, precondition=True)  # [B, H, n, M·h]
+        w1 = dgd_chunk_factors(W1, hidden_k, error, eta_w.unsqueeze(2), decay.unsqueeze(2), precondition=False)
         # reads only for M_memory (the last memory): p_t = W2_t q_t, then W1_t σ(p_t)
-        p = dgd_read(W2[:, -1:], w2[:, -1:], keys, decay, query)  # [B, 1, H, n, h]
-        read = dgd_read(W1[:, -1:], w1[:, -1:], hidden_k[:, -1:], decay, act(p))  # [B, 1, H, n, d]
-        new = {"W1": dgd_end_state(W1, w1, hidden_k, decay), "W2": dgd_end_state(W2, w2, keys, decay)}
-        return read[:, 0], new
+        p = dgd_read(W2[:, :, -h:], w2[..., -h:], keys, decay, query)  # [B, H, n, h]
+        read = dgd_read(W1[:, :, -1], w1[:, :, -1], hidden_k[:, :, -1], decay, act(p))  # [B, H, n, d]
+        new = {"W1": dgd_end_state(W1, w1, hidden_k, decay.unsqueeze(2)), "W2": dgd_end_state(W2, w2, keys, decay)}
+        return read, new
 
     def _update_linear(self, mem, keys, query, error, eta_w, log_alpha_w):
-        W = mem["W"]  # [B, M, H, d, d]; ∇W L = e kᵀ (Eq 93)
+        W = mem["W"]  # [B, H, M·d, d]; ∇W L = e kᵀ (Eq 93)
+        d = W.shape[-1]
+        g = self._stack_rows(error)  # [B, H, n, M·d]
         if self.impl == "reference":
-            reads, W_end = dgd_chunk_reference(W, keys, error, eta_w, log_alpha_w, query, precondition=True)
-            return reads[:, -1], {"W": W_end}
+            reads, W_end = dgd_chunk_reference(W, keys, g, eta_w, log_alpha_w, query, precondition=True)
+            return reads[..., -d:], {"W": W_end}
         decay = chunk_decay(log_alpha_w)
-        w = dgd_chunk_factors(W, keys, error, eta_w, decay, precondition=True)
-        read = dgd_read(W[:, -1:], w[:, -1:], keys, decay, query)  # [B, 1, H, n, d]
-        return read[:, 0], {"W": dgd_end_state(W, w, keys, decay)}
+        w = dgd_chunk_factors(W, keys, g, eta_w, decay, precondition=True)
+        read = dgd_read(W[:, :, -d:], w[..., -d:], keys, decay, query)  # [B, H, n, d]
+        return read, {"W": dgd_end_state(W, w, keys, decay)}
 
     def _emit_hooks(self, rec, keep, B, T, D):
         for name in ("k", "v", "q"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from hopelab.ops.memory import act, act_grad
+from hopelab.ops.memory import act, act_grad_times
 
 
 def _branch(x, up, down, b_up, b_down):
@@ -34,7 +34,7 @@ def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
     else:
         x_in = x
     g_down = err.transpose(-1, -2) @ hidden / n  # [B, D, h]   Σ e_t u_tᵀ / n
-    delta = act_grad(pre) * (err @ down)  # [B, n, h]
+    delta = act_grad_times(err @ down, pre)  # [B, n, h]   σ'(a) ⊙ W_downᵀ e
     g_up = delta.transpose(-1, -2) @ x_in / n  # [B, h, D]   Σ δ_t x_tᵀ / n
     return g_up, g_down
 

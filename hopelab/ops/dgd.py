@@ -60,6 +60,10 @@ class ChunkDecay:
     inclusive: torch.Tensor  # [..., C, C]    γ_t/γ_s for s ≤ t, else 0
     strict: torch.Tensor  # [..., C, C]       γ_{t-1}/γ_s for s < t, else 0
 
+    def unsqueeze(self, dim: int) -> "ChunkDecay":
+        """Insert a broadcast batch dim (e.g. over memories) at `dim` (a leading dim, counted from 0)."""
+        return ChunkDecay(*(t.unsqueeze(dim) for t in (self.log_alpha, self.log_gamma, self.inclusive, self.strict)))
+
 
 def chunk_decay(log_alpha: torch.Tensor) -> ChunkDecay:
     log_gamma = torch.cumsum(log_alpha, dim=-1)  # [..., C]

@@ -43,9 +43,14 @@ def mlp_memory_apply(W1: torch.Tensor, W2: torch.Tensor, z: torch.Tensor):
     return out, pre, hidden
 
 
+def act_grad_times(upstream: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """σ'(pre) ⊙ upstream in one fused kernel (aten.gelu_backward), twice differentiable."""
+    return torch.ops.aten.gelu_backward(upstream, pre)
+
+
 def mlp_memory_inner_grad(W1: torch.Tensor, pre_k: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
     """δ_t = σ'(W2 k_t) ⊙ (W1ᵀ e_t): the factor of ∇_{W2} L_t = δ_t k_tᵀ.  -> [..., C, h]"""
-    return act_grad(pre_k) * (error @ W1)  # [..., C, h]
+    return act_grad_times(error @ W1, pre_k)  # [..., C, h]
 
 
 def linear_memory_apply(W: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,241 @@
+"""`hopelab bench`: speed and memory, measured in one run so ratios hold on a noisy machine.
+
+Every timing is a median over repeats, and the variants are interleaved within each repeat (variant A, B, C,
+A, B, C, ...) so a slow minute of a shared machine hits all of them alike. Read ratios, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import typer
+
+from hopelab.config import get_scale
+from hopelab.errors import UserError
+from hopelab.models import VARIANTS, build_model, check_variant, count_parameters, set_impl
+from hopelab.tables import write_parquet_atomic
+
+BENCH_COLUMNS = ("section", "variant", "metric", "value", "unit")
+
+
+@contextmanager
+def count_saved_activations():
+    """Bytes of tensors autograd saves for backward during the block: activation memory on any device."""
+    box = {"bytes": 0}
+
+    def pack(t: torch.Tensor):
+        box["bytes"] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield box
+
+
+def _loss(model, x):
+    logits = model(x)  # [B, T, V]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+
+
+def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
+    """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes}}."""
+    cfg = get_scale(scale)
+    B, T = cfg.train.batch_size, cfg.model.context_len
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.model.vocab_size, (B, T), generator=gen).to(device)
+    setups = {}
+    for v in variants:
+        torch.manual_seed(0)
+        model = build_model(v, scale).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        with count_saved_activations() as saved:
+            loss = _loss(model, x)  # warm-up step, also measures saved activations
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        setups[v] = {"model": model, "opt": opt, "times": [], "n_params": count_parameters(model),
+                     "activation_bytes": saved["bytes"]}
+    for r in range(repeats):
+        for v in variants:
+            s = setups[v]
+            _sync(device)
+            t0 = time.perf_counter()
+            _loss(s["model"], x).backward()
+            s["opt"].step()
+            s["opt"].zero_grad(set_to_none=True)
+            _sync(device)
+            s["times"].append(time.perf_counter() - t0)
+            if progress:
+                progress()
+    return {v: {k: s[k] for k in ("times", "n_params", "activation_bytes")} for v, s in setups.items()}
+
+
+def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None) -> dict[str, list[float]]:
+    """hope fwd + bwd with the chunked fast path vs the token-by-token reference, interleaved."""
+    cfg = get_scale(scale)
+    torch.manual_seed(0)
+    model = build_model("hope", scale).to(device)
+    x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.context_len)).to(device)
+    out = {"chunked": [], "reference": []}
+    for r in range(repeats + 1):
+        for impl in out:
+            set_impl(model, impl)
+            _sync(device)
+            t0 = time.perf_counter()
+            _loss(model, x).backward()
+            _sync(device)
+            if r:  # the first round is warm-up
+                out[impl].append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+            if progress:
+                progress()
+    set_impl(model, "chunked")
+    return out
+
+
+def audit_wall_time(scale: str, device: str) -> tuple[float, int]:
+    from hopelab.audit import audit
+
+    torch.manual_seed(0)
+    model = build_model("hope", scale)
+    t0 = time.perf_counter()
+    audit(model, vocab=model.config.vocab_size, device=device)
+    return time.perf_counter() - t0, count_parameters(model)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: bool, console) -> Path:
+    from rich.progress import Progress
+
+    rows = []
+    total = repeats * len(variants) + 2 * (repeats + 1)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("benchmarking", total=total)
+        step = lambda: bar.advance(task)  # noqa: E731
+        timings = train_step_timings(variants, scale, repeats, device, step)
+        impl = chunked_vs_reference(scale, repeats, device, step)
+    cfg = get_scale(scale)
+    tokens = cfg.train.batch_size * cfg.model.context_len
+    base = statistics.median(timings["transformer"]["times"]) if "transformer" in timings else None
+    for v, t in timings.items():
+        med = statistics.median(t["times"])
+        rows += [("train_step", v, "step_s_median", med, "s"), ("train_step", v, "tokens_per_s", tokens / med, "tok/s"),
+                 ("train_step", v, "n_params", t["n_params"], "count"),
+                 ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes")]
+        if base:
+            rows.append(("train_step", v, "ratio_to_transformer", med / base, "x"))
+    c, r = statistics.median(impl["chunked"]), statistics.median(impl["reference"])
+    rows += [("chunked_vs_reference", "hope", "chunked_s_median", c, "s"),
+             ("chunked_vs_reference", "hope", "reference_s_median", r, "s"),
+             ("chunked_vs_reference", "hope", "speedup", r / c, "x")]
+    if probes:
+        try:
+            from hopelab.lit.bench import probe_overhead
+
+            res = probe_overhead(scale=scale)
+            on, off = res["with_probes_s"], res["without_probes_s"]
+            rows += [("probe_overhead", "hope", "with_probes_s", on, "s"), ("probe_overhead", "hope", "without_probes_s", off, "s"),
+                     ("probe_overhead", "hope", "overhead", on / off - 1.0, "fraction")]
+        except Exception as err:  # the bench reports what it could measure
+            console.print(f"[yellow]probe overhead not measured: {err}")
+    if audit:
+        wall, n = audit_wall_time("small" if scale == "tiny" else scale, device)
+        rows += [("audit", "hope", "wall_s", wall, "s"), ("audit", "hope", "n_params", n, "count")]
+    if device.startswith("cuda"):
+        rows.append(("memory", "all", "cuda_max_allocated", torch.cuda.max_memory_allocated(), "bytes"))
+    try:
+        import resource
+
+        rows.append(("memory", "all", "peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "bytes"))
+    except ImportError:
+        pass
+    return write_bench_report(rows, scale, repeats, out)
+
+
+def write_bench_report(rows, scale, repeats, out: Path) -> Path:
+    import pandas as pd
+    import pyarrow as pa
+
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows, columns=list(BENCH_COLUMNS))
+    df["value"] = df["value"].astype("float64")
+    table = pa.Table.from_pandas(df, preserve_index=False, schema=pa.schema(
+        [("section", pa.string()), ("variant", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
+         ("unit", pa.string())]))
+    write_parquet_atomic(table, out / f"bench-{scale}.parquet")
+    machine = _machine()
+    lines = [f"# hopelab bench: {scale}", "", f"Command: `{' '.join(shlex.quote(a) for a in ['hopelab', *sys.argv[1:]])}`",
+             "", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
+             f"Medians over {repeats} interleaved repeats. Compare ratios measured in this one run only.", ""]
+    step = df[df.section == "train_step"].pivot(index="variant", columns="metric", values="value")
+    lines += ["## Training step (fwd + bwd + AdamW)", "", "| variant | params | step (ms) | tokens/s | × transformer | saved activations (MB) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for v, r in step.iterrows():
+        ratio = f"{r['ratio_to_transformer']:.2f}" if "ratio_to_transformer" in r and r["ratio_to_transformer"] == r["ratio_to_transformer"] else "–"
+        lines.append(f"| {v} | {int(r['n_params']):,} | {1000 * r['step_s_median']:.1f} | {r['tokens_per_s']:.0f} | {ratio} | "
+                     f"{r['activation_bytes'] / 2**20:.1f} |")
+    other = df[df.section != "train_step"]
+    lines += ["", "## Other measurements", "", "| section | variant | metric | value | unit |", "|---|---|---|---:|---|"]
+    for _, r in other.iterrows():
+        lines.append(f"| {r.section} | {r.variant} | {r.metric} | {r.value:.4g} | {r.unit} |")
+    path = out / f"README-{scale}.md"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        scale: str = typer.Option("tiny", help="tiny | small | scaled"),
+        variants: str = typer.Option("all", help="comma-separated variant names, or 'all'"),
+        repeats: int = typer.Option(5, min=1, help="interleaved repeats; medians are reported"),
+        device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu"),
+        out: Path = typer.Option(Path("reports/bench"), help="where bench-<scale>.parquet and README-<scale>.md go"),
+        probes: bool = typer.Option(True, help="measure probe overhead (a short training with and without)"),
+        audit: bool = typer.Option(True, help="time `hopelab audit` on a small-scale HOPE"),
+        threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    ) -> None:
+        """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,
+        audit wall time and memory, in one run."""
+        from rich.console import Console
+
+        get_scale(scale)
+        names = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
+        for v in names:
+            check_variant(v)
+        if "transformer" not in names:
+            names.append("transformer")  # the reference every ratio is taken against
+        if threads:
+            torch.set_num_threads(threads)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device")
+        console = Console(stderr=True)
+        path = run_bench(scale, names, repeats, device, out, probes, audit, console)
+        console.print(Path(path).read_text())
+        console.print(f"wrote {path}")
