@@ -1,0 +1,118 @@
+"""Figure 2: self-modification. Do the meta-learned initial states move, and does the fast state keep adapting?
+
+(a) drift of each component's meta-learned initial state from its initialisation over training;
+(b) relative drift ‖θ_fast − θ_meta‖ / ‖θ_meta‖ per component over training;
+(c) the same relative drift by position within the probe sequence at the last checkpoint: a curve that keeps
+rising along the sequence is continual in-context adaptation; a flat curve is an initialisation shift.
+Probe rows: probe "selfmod", metrics drift_init, rel_drift_meta_fast (position null, or per position).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.artifacts import FigureOut, Skipped
+from analysis.load import Study
+from analysis.select import focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.summary import reference_run_name
+from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, display_name, new_figure,
+                            panel_label, paper_style, save_figure)
+
+NUMBER = 2
+TITLE = "Self-modification"
+
+
+def _components(df: pd.DataFrame) -> list[str]:
+    have = set(df["component"].dropna())
+    return [c for c in COMPONENT_ORDER if c in have] + sorted(have - set(COMPONENT_ORDER))
+
+
+def _color(component: str) -> str:
+    idx = COMPONENT_ORDER.index(component) if component in COMPONENT_ORDER else len(COMPONENT_ORDER)
+    return SEQ_COLORS[idx % len(SEQ_COLORS)]
+
+
+def _by_component(ax, df: pd.DataFrame, x: str, log_ok: bool = False) -> None:
+    """Mean over layers per component, band over seeds. Y from 0 (distances and ratios), or log when
+    `log_ok` and the components span more than 30x."""
+    band = seed_band(df, ["component", x])
+    for comp in _components(df):
+        g = band[band["component"] == comp].sort_values(x)
+        color = _color(comp)
+        ax.plot(g[x], g["mean"], marker="o", ms=3, color=color, label=COMPONENT_NAMES.get(comp, comp))
+        ax.fill_between(g[x], g["lo"], g["hi"], color=color, alpha=0.18, lw=0)
+    if not len(band):
+        return
+    if log_ok and (band["lo"] > 0).all() and band["hi"].max() / band["lo"].min() > 30:
+        ax.set_yscale("log")
+    else:  # start at 0 so that "flat" looks flat
+        ax.set_ylim(0, 1.15 * max(float(band["hi"].max()), 1e-12))
+
+
+def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+    what = f"Figure {NUMBER} ({TITLE}, {scale})"
+    rows, partial = probe_rows(study, scale, "selfmod")
+    if rows.empty:
+        return Skipped(NUMBER, what, "no self-modification probe rows (no in-context memory, or probes off)", scale)
+    # full HOPE first; "hope_no_selfmod"/"titans" only carry the memory component
+    focus = focus_run_name(rows, reference_run_name(study, scale) or "hope")
+    df = rows[rows["run_name"] == focus]
+    name = display_name(focus)
+    drift = df[df["metric"] == "drift_init"]
+    rel = df[(df["metric"] == "rel_drift_meta_fast") & df["position"].isna()]
+    pos = last_step_rows(df[(df["metric"] == "rel_drift_meta_fast") & df["position"].notna()])
+
+    with paper_style():
+        fig, axes = new_figure(3, panel_w=4.6, panel_h=3.6)
+        ax = axes[0, 0]
+        if len(drift):
+            _by_component(ax, drift, "step", log_ok=True)
+            ax.legend(title="component", ncol=2)
+        else:
+            ax.text(0.5, 0.5, "no drift_init rows", ha="center", transform=ax.transAxes)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("‖θ_meta − θ_init‖₂, mean over layers")
+        panel_label(ax, "a", "Meta-state drift from init")
+
+        ax = axes[0, 1]
+        if len(rel):
+            _by_component(ax, rel, "step")
+            ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+            ax.legend(title="component", ncol=2)
+        else:
+            ax.text(0.5, 0.5, "no rel_drift_meta_fast rows", ha="center", transform=ax.transAxes)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("‖θ_fast − θ_meta‖ / ‖θ_meta‖")
+        panel_label(ax, "b", "Fast state vs meta state")
+
+        ax = axes[0, 2]
+        if len(pos):
+            _by_component(ax, pos, "position")
+            ax.legend(title="component", ncol=2)
+            step = int(pos["step"].max())
+            ax.set_title(f"(c) By position, step {step}", loc="left")
+        else:
+            ax.text(0.5, 0.5, "no per-position rows", ha="center", transform=ax.transAxes)
+            panel_label(ax, "c", "By position")
+        ax.set_xlabel("tokens consumed in the sequence")
+        ax.set_ylabel("‖θ_fast − θ_meta‖ / ‖θ_meta‖")
+        fig.suptitle(f"Figure {NUMBER}: {TITLE} — {name}, {scale} scale")
+        stem = f"fig{NUMBER}_selfmod_{scale}"
+        paths = save_figure(fig, out_dir, stem, dpi)
+
+    caption = (
+        f"Self-modification dynamics of {name} at the {scale} scale. (a) L2 distance of each in-context memory's "
+        "meta-learned initial state from its initialisation (mean over layers and parameter tensors); a curve "
+        "that jumps and then stays flat means the meta-state moved early and then stopped. (b) relative distance "
+        "between the fast (in-context) state at the end of the probe sequence and the meta-learned initial state. "
+        "(c) the same relative distance at every chunk end along the probe sequence at the last checkpoint: "
+        "rising along the sequence = continual adaptation; flat = a one-off shift from the initial state. "
+        f"{seeds_note(df, partial)}"
+    )
+    return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
+
+
+def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+    return [render_scale(study, s, out_dir, dpi) for s in scales]

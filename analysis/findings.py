@@ -1,0 +1,324 @@
+"""Short findings computed from the numbers: each claim carries its number and interval, and the wording
+follows fixed thresholds (stated in the report), never a hard-coded conclusion.
+
+    findings = compute_findings(study, scales)   # list[Finding]; Finding.text is one Markdown bullet
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from analysis.load import Study
+from analysis.select import last_step_rows, probe_rows
+from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
+from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name
+from analysis.style import display_name
+
+# Thresholds that turn numbers into words (listed in the report).
+DELTA_EPS = 0.01  # nats: with one seed (no interval), |Δ| at or below this is "no difference"
+COS_REDUNDANT = 0.7  # cosine similarity of CMS level outputs at or above: levels largely redundant
+COS_DISTINCT = 0.3  # at or below: levels differentiated
+GATE_NOOP = 0.99  # gate pass rate at the configured τ at or above: the gate is effectively a no-op
+GATE_SELECTIVE = 0.90  # at or below: the gate is selective
+POSITION_GROWTH = 0.20  # relative drift at the last position / first position − 1 above: continual adaptation
+EARLY_DRIFT = 0.80  # meta-state drift at the first checkpoint / last: "moved early, then flat" at or above
+
+THRESHOLDS = [
+    f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 "
+    f"(with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested)",
+    f"CMS levels are called redundant when the cosine similarity of their outputs is ≥ {COS_REDUNDANT}, "
+    f"differentiated when ≤ {COS_DISTINCT}",
+    f"the surprise gate is called a no-op when ≥ {GATE_NOOP:.0%} of tokens pass at the configured τ, selective "
+    f"when ≤ {GATE_SELECTIVE:.0%}",
+    f"the fast state is called continually adapting when its relative drift from the meta-state grows by more "
+    f"than {POSITION_GROWTH:.0%} from the first to the last chunk of the probe sequence; otherwise a one-off "
+    "(initialisation) shift",
+    f"the meta-state is said to move early when ≥ {EARLY_DRIFT:.0%} of its final drift from initialisation is "
+    "reached at the first checkpoint",
+]
+
+
+@dataclass
+class Finding:
+    topic: str
+    text: str
+    numbers: dict = field(default_factory=dict)
+
+
+def fmt_count(n: float) -> str:
+    """37034 -> "37.0k", 19.0e6 -> "19.0M"."""
+    if n is None or math.isnan(n):
+        return "?"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def effect(r: pd.Series) -> str:
+    """"worse" | "better" | "none" | "untested-worse" | "untested-better" | "unknown" for a Δ row."""
+    if r is None or math.isnan(r["delta"]):
+        return "unknown"
+    if r["test"] == NO_TEST or math.isnan(r["delta_lo"]):
+        if abs(r["delta"]) <= DELTA_EPS:
+            return "none"
+        return "untested-worse" if r["delta"] > 0 else "untested-better"
+    if r["delta_lo"] > 0:
+        return "worse"
+    if r["delta_hi"] < 0:
+        return "better"
+    return "none"
+
+
+def fmt_delta(r: pd.Series) -> str:
+    """"Δ = +0.316 nats (95% CI [+0.290, +0.342], p = 0.003, paired t-test by seed, n = 3/3)"."""
+    s = f"Δ = {r['delta']:+.3f} nats"
+    if r["test"] == NO_TEST or math.isnan(r["delta_lo"]):
+        return s + f" (single seed, no interval; n = {int(r['n_done'])})"
+    p = fmt_p(r["p"])
+    p = f"p {p[0]} {p[1:]}" if p.startswith("<") else f"p = {p}"
+    return (s + f" ({CONFIDENCE:.0%} CI [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}], {p}, "
+            f"{r['test']}, n = {int(r['n_done'])})")
+
+
+def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
+    sel = ab[(ab["scale"] == scale) & (ab["run_name"] == run_name)]
+    return sel.iloc[0] if len(sel) and sel.iloc[0]["n_done"] > 0 else None
+
+
+_REMOVES = {"hope_no_selfmod": "self-modification", "hope_no_cms": "the CMS", "hope_no_surprise": "the surprise gate"}
+
+
+def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str) -> Finding | None:
+    what = _REMOVES[variant]
+    parts, numbers = [], {}
+    for scale in scales:
+        r = _row(ab, scale, variant)
+        if r is None or math.isnan(r["delta"]):
+            continue
+        e = effect(r)
+        verb = {"worse": "hurts", "better": "helps", "none": "makes no detectable difference",
+                "untested-worse": "raises the loss (untested)", "untested-better": "lowers the loss (untested)",
+                "unknown": "cannot be judged"}[e]
+        parts.append(f"at {scale}, removing {what} {verb}: {fmt_delta(r)}")
+        numbers[scale] = {"delta": r["delta"], "lo": r["delta_lo"], "hi": r["delta_hi"], "p": r["p"], "effect": e}
+    if not parts:
+        return None
+    text = "; ".join(parts) + "."
+    hurt = [s for s in scales if s in numbers and numbers[s]["effect"] in ("worse", "untested-worse")]
+    if len(hurt) >= 2 and numbers[hurt[0]]["delta"] > 0:
+        ratio = numbers[hurt[-1]]["delta"] / numbers[hurt[0]]["delta"]
+        text += f" Its cost changes ×{ratio:.1f} from {hurt[0]} to {hurt[-1]}."
+        numbers["ratio"] = ratio
+    return Finding(what, text[0].upper() + text[1:], numbers)
+
+
+def _cms_similarity(study: Study, scale: str, run_name: str):
+    """(MeanCI over seeds of the mean cos sim over layers and level pairs, step) at the last checkpoint."""
+    rows, _ = probe_rows(study, scale, "cms")
+    rows = rows[(rows["run_name"] == run_name) & (rows["metric"] == "cos_sim")]
+    if rows.empty:
+        return None
+    last = last_step_rows(rows)
+    per_seed = last.groupby("seed")["value"].mean()
+    return mean_ci(per_seed), int(last["step"].max())
+
+
+def _cos_word(cos: float) -> str:
+    return ("largely redundant" if cos >= COS_REDUNDANT else "differentiated" if cos <= COS_DISTINCT
+            else "partly redundant")
+
+
+def _cms_finding(study: Study, scales: list[str]) -> Finding | None:
+    parts, numbers = [], {}
+    for scale in scales:
+        ref = reference_run_name(study, scale)
+        got = _cms_similarity(study, scale, ref) if ref else None
+        if got is None:
+            continue
+        m, step = got
+        ci = f" ± {m.half:.3f}" if not math.isnan(m.half) else ""
+        text = (f"at {scale}, cosine similarity of fast vs slow level outputs = {m.mean:.3f}{ci} "
+                f"(step {step}, mean over layers, n = {m.n} seed{'s' if m.n != 1 else ''}): {_cos_word(m.mean)}")
+        numbers[scale] = {"cos_sim": m.mean, "half": m.half}
+        # other CMS settings of full HOPE (e.g. a periods study: hope-p4-16, hope-p8-8)
+        runs = study.runs_at(scale)
+        others = [n for n in ablation_run_names(study, scale) if n != ref and n.partition("-")[0] == "hope"]
+        extra = []
+        for name in sorted(others):
+            o = _cms_similarity(study, scale, name)
+            if o is not None:
+                extra.append(f"{display_name(name)} {o[0].mean:.3f}" + (f" ± {o[0].half:.3f}" if not math.isnan(
+                    o[0].half) else "") + f" ({_cos_word(o[0].mean)})")
+                numbers[(scale, name)] = o[0].mean
+        if extra:
+            text += "; other settings: " + ", ".join(extra)
+        parts.append(text)
+    if not parts:
+        return None
+    return Finding("CMS levels", "CMS levels: " + "; ".join(parts) + ".", numbers)
+
+
+def _gate_finding(study: Study, scales: list[str]) -> Finding | None:
+    parts, numbers = [], {}
+    for scale in scales:
+        runs = study.runs_at(scale)
+        ref = reference_run_name(study, scale)
+        tau = runs.loc[runs["run_name"] == ref, "surprise_threshold"].dropna()
+        if ref is None or tau.empty:
+            continue
+        tau = float(tau.iloc[0])
+        rate, rate_min, n = gate_pass_rate(study, scale, ref, tau)
+        if math.isnan(rate):
+            continue
+        word = ("effectively a no-op" if rate >= GATE_NOOP else "selective" if rate <= GATE_SELECTIVE
+                else "mildly selective")
+        text = (f"at {scale}, {fmt_pct(rate)} of tokens pass at τ = {tau:g} (lowest layer {fmt_pct(rate_min)}, "
+                f"n = {n} seed(s)): the gate is {word}")
+        rows, _ = probe_rows(study, scale, "surprise")
+        last = last_step_rows(rows[(rows["run_name"] == ref) & rows["metric"].isin(["p10", "p50"])])
+        if len(last):
+            q = last.groupby("metric")["value"].mean()
+            if "p10" in q and tau > 0:
+                text += f"; median surprise {q.get('p50', math.nan):.3g}, p10 {q['p10']:.3g} = {q['p10'] / tau:.3g}×τ"
+        parts.append(text)
+        numbers[scale] = {"pass_rate": rate, "pass_rate_min_layer": rate_min, "tau": tau}
+    if not parts:
+        return None
+    return Finding("surprise gate", "Surprise gate: " + "; ".join(parts) + ".", numbers)
+
+
+def _selfmod_dynamics(study: Study, scales: list[str]) -> Finding | None:
+    parts, numbers = [], {}
+    for scale in scales:
+        rows, _ = probe_rows(study, scale, "selfmod")
+        rows = rows[rows["run_name"] == reference_run_name(study, scale)]
+        if rows.empty:
+            continue
+        bits, num = [], {}
+        rel = last_step_rows(rows[(rows["metric"] == "rel_drift_meta_fast") & rows["position"].isna()])
+        if len(rel):
+            m = mean_ci(rel.groupby("seed")["value"].mean())
+            ci = f" ± {m.half:.3f}" if not math.isnan(m.half) else ""
+            bits.append(f"fast state differs from the meta-state by {m.mean:.3f}{ci} (relative L2, mean over "
+                        "components)")
+            num["rel_drift"] = m.mean
+        pos = last_step_rows(rows[(rows["metric"] == "rel_drift_meta_fast") & rows["position"].notna()])
+        if len(pos) and pos["position"].nunique() >= 2:
+            by_pos = pos.groupby("position")["value"].mean().sort_index()
+            first, lastv = float(by_pos.iloc[0]), float(by_pos.iloc[-1])
+            growth = lastv / first - 1 if first > 0 else math.nan
+            word = ("continual adaptation along the sequence" if growth > POSITION_GROWTH
+                    else "a one-off shift (initialisation-like), not continual adaptation")
+            bits.append(f"from token {int(by_pos.index[0])} to {int(by_pos.index[-1])} it goes {first:.3f} → "
+                        f"{lastv:.3f} ({100 * growth:+.0f}%): {word}")
+            num["position_growth"] = growth
+        drift = rows[(rows["metric"] == "drift_init") & (rows["step"] > 0)]  # step 0: zero by definition
+        if drift["step"].nunique() >= 2:
+            per_step = drift.groupby("step")["value"].mean().sort_index()
+            frac = float(per_step.iloc[0] / per_step.iloc[-1]) if per_step.iloc[-1] > 0 else math.nan
+            word = "it moved early, then stayed" if frac >= EARLY_DRIFT else "it kept moving during training"
+            bits.append(f"the meta-state's drift from init at the first checkpoint (step {int(per_step.index[0])}) is "
+                        f"{100 * frac:.0f}% of its final value: {word}")
+            num["early_drift_fraction"] = frac
+        if bits:
+            parts.append(f"at {scale}, " + "; ".join(bits))
+            numbers[scale] = num
+    if not parts:
+        return None
+    return Finding("self-modification dynamics", "Self-modification dynamics (Full HOPE): " + "; ".join(parts) + ".",
+                   numbers)
+
+
+def _baselines(study: Study, ab: pd.DataFrame, scales: list[str]) -> Finding | None:
+    parts, numbers = [], {}
+    for scale in scales:
+        ref = reference_run_name(study, scale)
+        base = _row(ab, scale, ref) if ref else None
+        for name in ("transformer", "transformer_matched", "titans"):
+            r = _row(ab, scale, name)
+            if r is None or math.isnan(r["delta"]):
+                continue
+            e = effect(r)
+            word = {"worse": "Full HOPE is better", "better": f"{display_name(name)} is better",
+                    "none": "no detectable difference", "untested-worse": "Full HOPE is lower (untested)",
+                    "untested-better": f"{display_name(name)} is lower (untested)", "unknown": "?"}[e]
+            params = ""
+            if base is not None and not math.isnan(r["n_params"]) and not math.isnan(base["n_params"]):
+                params = f", {fmt_count(r['n_params'])} vs {fmt_count(base['n_params'])} parameters"
+            parts.append(f"{scale}: {display_name(name)} {fmt_delta(r)}{params} — {word}")
+            numbers[(scale, name)] = r["delta"]
+    if not parts:
+        return None
+    return Finding("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): " + "; ".join(parts) + ".", numbers)
+
+
+def _best(ab: pd.DataFrame, scales: list[str]) -> Finding | None:
+    parts = []
+    for scale in scales:
+        d = ab[(ab["scale"] == scale) & (ab["n_done"] > 0)]
+        if d.empty:
+            continue
+        r = d.loc[d["mean"].idxmin()]
+        ci = f" ± {r['half']:.3f}" if not math.isnan(r["half"]) else ""
+        parts.append(f"{scale}: {r['display']} ({r['mean']:.3f}{ci})")
+    return Finding("best", "Lowest final validation loss: " + "; ".join(parts) + ".") if parts else None
+
+
+def _failures(study: Study, scales: list[str]) -> Finding | None:
+    from analysis.load import failure_label
+
+    runs = study.runs[study.runs["scale"].isin(scales) & (study.runs["status"] == "failed")]
+    if runs.empty:
+        return None
+    items = [f"{r['run_id']} {failure_label(r)}" for _, r in runs.iterrows()]
+    return Finding("failures", f"{len(items)} run(s) failed and are excluded from every mean: " + "; ".join(items)
+                   + ".")
+
+
+def _gradflow(study: Study, scales: list[str]) -> Finding | None:
+    p = study.probes
+    g = p[p["scale"].isin(scales) & (p["probe"] == "gradflow") & p["metric"].isin(["n_grad_none", "n_grad_zero"])]
+    if g.empty:
+        return None
+    last = last_step_rows(g)
+    bad = last[last["value"] > 0]
+    if bad.empty:
+        return Finding("gradient flow", "Gradient flow: every parameter of every run received a non-zero gradient "
+                                        "at the last probed step.")
+    words = {"n_grad_none": "without a gradient", "n_grad_zero": "with an all-zero gradient"}
+    flags = {"n_grad_none": "grad_is_none", "n_grad_zero": "grad_is_zero"}
+    per_param = last_step_rows(p[p["scale"].isin(scales) & (p["probe"] == "gradflow")
+                                 & p["metric"].isin(list(flags.values()))])
+    per_param = per_param[per_param["value"] > 0]
+    items = []
+    for (scale, run_name, metric), g in bad.groupby(["scale", "run_name", "metric"]):
+        # out of the runs that have gradflow rows at all
+        n_runs = last.loc[(last["scale"] == scale) & (last["run_name"] == run_name), "run_id"].nunique()
+        names = per_param[(per_param["scale"] == scale) & (per_param["run_name"] == run_name)
+                          & (per_param["metric"] == flags.get(metric))]["param"].dropna().unique()
+        example = f" (e.g. {', '.join(sorted(names)[:2])})" if len(names) else ""
+        items.append(f"{display_name(run_name)} at {scale}: up to {int(g['value'].max())} parameter tensor(s) "
+                     f"{words.get(metric, metric)}{example} in {g['run_id'].nunique()}/{n_runs} run(s)")
+    return Finding("gradient flow", "Gradient flow at the last probed step: " + "; ".join(items) + ".")
+
+
+def compute_findings(study: Study, scales: list[str] | None = None) -> list[Finding]:
+    scales = scales or study.scales
+    ab = ablation_summary(study, scales)
+    out = [
+        _ablation_finding(ab, scales, "hope_no_selfmod"),
+        _selfmod_dynamics(study, scales),
+        _ablation_finding(ab, scales, "hope_no_cms"),
+        _cms_finding(study, scales),
+        _ablation_finding(ab, scales, "hope_no_surprise"),
+        _gate_finding(study, scales),
+        _baselines(study, ab, scales),
+        _best(ab, scales),
+        _failures(study, scales),
+        _gradflow(study, scales),
+    ]
+    return [f for f in out if f is not None]

@@ -1,0 +1,132 @@
+"""Statistics over seeds, shared by the tables, figure 4 and the findings.
+
+    mean_ci(values)                    -> MeanCI (mean, 95% t-interval half-width, n)
+    compare(base_by_seed, other_by_seed) -> Delta (other - base, its 95% CI, p-value, which test)
+
+With the same seeds on both sides (n >= 2) the comparison is paired by seed (t-test on the per-seed
+differences); otherwise Welch's t-test across seeds (unequal variances, Welch-Satterthwaite df). One seed on
+either side: the difference of means only, no interval and no p-value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hopelab.runs import STATUS_DONE
+
+CONFIDENCE = 0.95
+PAIRED = "paired t-test by seed"
+WELCH = "Welch t-test across seeds"
+NO_TEST = "single seed: no test"
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float
+    half: float  # half-width of the 95% t-interval; nan with one value
+    n: int
+
+    @property
+    def lo(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def hi(self) -> float:
+        return self.mean + self.half
+
+
+@dataclass(frozen=True)
+class Delta:
+    delta: float  # mean(other) - mean(base); positive = other is worse (higher loss)
+    lo: float
+    hi: float
+    p: float
+    test: str
+    n_base: int
+    n_other: int
+
+    @property
+    def half(self) -> float:
+        return (self.hi - self.lo) / 2
+
+
+def _t(df: float) -> float:
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def mean_ci(values) -> MeanCI:
+    x = np.asarray(pd.Series(values, dtype="float64").dropna(), dtype=float)
+    n = len(x)
+    if n == 0:
+        return MeanCI(math.nan, math.nan, 0)
+    if n == 1:
+        return MeanCI(float(x[0]), math.nan, 1)
+    half = _t(n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    return MeanCI(float(np.mean(x)), half, n)
+
+
+def compare(base: pd.Series, other: pd.Series) -> Delta:
+    """Δ = other − base. `base` and `other` are final losses indexed by seed (NaN = excluded)."""
+    base = pd.Series(base, dtype="float64").dropna()
+    other = pd.Series(other, dtype="float64").dropna()
+    nb, no = len(base), len(other)
+    if nb == 0 or no == 0:
+        return Delta(math.nan, math.nan, math.nan, math.nan, NO_TEST, nb, no)
+    delta = float(other.mean() - base.mean())
+    if nb >= 2 and no >= 2 and set(base.index) == set(other.index):
+        d = (other - base.reindex(other.index)).to_numpy()
+        sd = float(np.std(d, ddof=1))
+        half = _t(len(d) - 1) * sd / math.sqrt(len(d))
+        p = float(stats.ttest_rel(other.to_numpy(), base.reindex(other.index).to_numpy()).pvalue) if sd > 0 else (
+            math.nan)
+        return Delta(delta, delta - half, delta + half, p, PAIRED, nb, no)
+    if nb >= 2 and no >= 2:
+        vb, vo = float(base.var(ddof=1)) / nb, float(other.var(ddof=1)) / no
+        se = math.sqrt(vb + vo)
+        if se == 0:
+            return Delta(delta, delta, delta, math.nan, WELCH, nb, no)
+        df = (vb + vo) ** 2 / (vb**2 / (nb - 1) + vo**2 / (no - 1))
+        half = _t(df) * se
+        p = float(stats.ttest_ind(other.to_numpy(), base.to_numpy(), equal_var=False).pvalue)
+        return Delta(delta, delta - half, delta + half, p, WELCH, nb, no)
+    return Delta(delta, math.nan, math.nan, math.nan, NO_TEST, nb, no)
+
+
+def final_losses(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with a finite final loss: the values every mean and test uses (failed ones excluded)."""
+    ok = runs[(runs["status"] == STATUS_DONE) & runs["final_val_loss"].notna()]
+    return ok[["scale", "run_name", "variant", "tag", "seed", "final_val_loss"]].reset_index(drop=True)
+
+
+def losses_by_seed(runs: pd.DataFrame, scale: str, run_name: str) -> pd.Series:
+    ok = final_losses(runs)
+    sel = ok[(ok["scale"] == scale) & (ok["run_name"] == run_name)]
+    return pd.Series(sel["final_val_loss"].to_numpy(), index=sel["seed"].astype(int).to_numpy(), dtype="float64")
+
+
+def fmt_pm(mean: float, half: float, digits: int = 3, signed: bool = False) -> str:
+    if mean is None or math.isnan(mean):
+        return "—"
+    s = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    s = s.replace("-", "−")  # a real minus sign in tables
+    return f"{s} ± {half:.{digits}f}" if not math.isnan(half) else s
+
+
+def fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "—"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def fmt_pct(x: float) -> str:
+    """A share as a percentage, two decimals; one that rounds to 100% without being 100% shows "> 99.99%"."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    if 0.99995 <= x < 1:
+        return "> 99.99%"
+    return f"{100 * x:.2f}%"
