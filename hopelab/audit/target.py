@@ -1,0 +1,199 @@
+"""How the audit reaches a model it has never seen: targets, inputs, the call and the default loss.
+
+- TARGET `package.module:factory` or `path/to/file.py:factory`; `factory()` returns an `nn.Module`. A file's
+  own folder is put on `sys.path` so it can import its siblings.
+- Input `tokens` (LongTensor [B, T] in [0, vocab)) or `float:DIM` (FloatTensor [B, T, DIM], standard normal).
+- Call: `fn(model, x) -> output` (default `model(x)`). An output may be a tensor, a tuple/list (first tensor)
+  or a dict (`logits`, `output`, `out`, `y`, else the first tensor value); it must be [B, T, ...].
+- Default loss (next-token):
+    tokens and output [B, T, V] with V >= vocab: cross-entropy of output[:, :-1] against x[:, 1:];
+    float input and output [B, T, DIM]: MSE of output[:, :-1] against x[:, 1:];
+    any other output shape: MSE of the output against a fixed standard-normal target of the output's shape
+    (seeded), so every output element gets a generic, non-degenerate gradient.
+  A user loss `fn(output, x) -> scalar` (or `fn(output, x, model)`) replaces it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hopelab.errors import UserError
+
+CallFn = Callable[[nn.Module, torch.Tensor], Any]
+LossFn = Callable[..., torch.Tensor]
+
+
+def load_object(spec: str, what: str = "target") -> Any:
+    """`package.module:attr` or `path/to/file.py:attr` -> the attribute (a UserError names the problem)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UserError(f"{what} {spec!r} must look like package.module:name or path/to/file.py:name")
+    mod_part, _, attr = spec.rpartition(":")
+    if not mod_part or not attr:
+        raise UserError(f"{what} {spec!r} must look like package.module:name or path/to/file.py:name")
+    if mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part:
+        path = Path(mod_part).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"{what} file {mod_part!r} does not exist")
+        folder = str(path.parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        name = f"_hopelab_audit_{path.stem}_{abs(hash(str(path)))}"
+        module = sys.modules.get(name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as err:
+                del sys.modules[name]
+                raise UserError(f"cannot import {what} file {mod_part!r}: {type(err).__name__}: {err}") from err
+    else:
+        try:
+            module = importlib.import_module(mod_part)
+        except Exception as err:
+            raise UserError(f"cannot import {what} module {mod_part!r}: {type(err).__name__}: {err}") from err
+    if not hasattr(module, attr):
+        public = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
+        raise UserError(f"{what} {mod_part!r} has no attribute {attr!r}; callables there: {', '.join(public[:20])}")
+    return getattr(module, attr)
+
+
+def build_target(spec: str) -> nn.Module:
+    factory = load_object(spec, "target")
+    if isinstance(factory, nn.Module):
+        return factory
+    if not callable(factory):
+        raise UserError(f"target {spec!r} is neither an nn.Module nor a factory returning one")
+    try:
+        model = factory()
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"factory {spec!r} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise UserError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    kind: str  # "tokens" | "float"
+    vocab: int | None = None
+    dim: int | None = None
+
+    def describe(self) -> str:
+        return f"tokens (vocab {self.vocab})" if self.kind == "tokens" else f"float:{self.dim}"
+
+    def make(self, batch: int, seq_len: int, gen: torch.Generator, device: str, dtype: torch.dtype) -> torch.Tensor:
+        if self.kind == "tokens":
+            return torch.randint(0, self.vocab, (batch, seq_len), generator=gen).to(device)
+        return torch.randn(batch, seq_len, self.dim, generator=gen, dtype=torch.float64).to(device, dtype)
+
+    def perturb(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A copy of x with x[rows[i], cols[i]] changed (another token, or fresh noise)."""
+        out = x.clone()
+        if self.kind == "tokens":
+            shift = torch.randint(1, self.vocab, (len(rows),), generator=gen).to(x.device)
+            out[rows, cols] = (x[rows, cols] + shift) % self.vocab
+        else:
+            noise = torch.randn(len(rows), self.dim, generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+            out[rows, cols] = x[rows, cols] + noise
+        return out
+
+
+def parse_input(spec: str, vocab: int | None, model: nn.Module) -> InputSpec:
+    if spec == "tokens":
+        vocab = vocab or infer_vocab(model)
+        if vocab is None or vocab < 2:
+            raise UserError("cannot tell the vocabulary size of this model: pass --vocab N")
+        return InputSpec("tokens", vocab=int(vocab))
+    if spec.startswith("float:"):
+        try:
+            dim = int(spec.split(":", 1)[1])
+        except ValueError:
+            dim = 0
+        if dim < 1:
+            raise UserError(f"--input {spec!r}: DIM must be a positive integer, e.g. float:32")
+        return InputSpec("float", dim=dim)
+    raise UserError(f"--input {spec!r} is not valid; choose tokens or float:DIM")
+
+
+def infer_vocab(model: nn.Module) -> int | None:
+    """model.config.vocab_size / model.vocab_size, else the first nn.Embedding's size."""
+    for holder in (getattr(model, "config", None), model):
+        v = getattr(holder, "vocab_size", None)
+        if isinstance(v, int):
+            return v
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            return m.num_embeddings
+    return None
+
+
+def default_call(model: nn.Module, x: torch.Tensor) -> Any:
+    return model(x)
+
+
+def as_output(result: Any) -> torch.Tensor:
+    """The output tensor inside whatever a call returned."""
+    if isinstance(result, torch.Tensor):
+        return result
+    if isinstance(result, dict):
+        for key in ("logits", "output", "out", "y"):
+            if isinstance(result.get(key), torch.Tensor):
+                return result[key]
+        for v in result.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    if isinstance(result, (tuple, list)):
+        for v in result:
+            if isinstance(v, torch.Tensor):
+                return v
+    raise UserError(f"the model returned {type(result).__name__} with no tensor in it; pass --call module:fn")
+
+
+class DefaultLoss:
+    """The documented next-token loss (see the module docstring)."""
+
+    def __init__(self, spec: InputSpec, seed: int) -> None:
+        self.spec = spec
+        self.seed = seed
+        self._targets: dict[tuple, torch.Tensor] = {}
+        self.kind = "unset"
+
+    def __call__(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.kind == "tokens" and out.ndim == 3 and out.shape[-1] >= self.spec.vocab:
+            self.kind = "next-token cross-entropy (output[:, :-1] vs x[:, 1:])"
+            return F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), x[:, 1:].reshape(-1))
+        if self.spec.kind == "float" and out.shape[2:] == x.shape[2:]:
+            self.kind = "next-step MSE (output[:, :-1] vs x[:, 1:])"
+            return F.mse_loss(out[:, :-1], x[:, 1:])
+        self.kind = f"MSE against a fixed random target of the output's shape {tuple(out.shape[2:])}"
+        key = (tuple(out.shape[1:]), out.dtype, str(out.device))
+        if key not in self._targets:
+            gen = torch.Generator().manual_seed(self.seed + 7)
+            target = torch.randn(out.shape[1:], generator=gen, dtype=torch.float64)
+            self._targets[key] = target.to(out.device, out.dtype)
+        return F.mse_loss(out, self._targets[key].expand_as(out))
+
+
+def user_loss(fn: LossFn, model_ref: Callable[[], nn.Module]) -> LossFn:
+    """Wrap `fn(output, x)` or `fn(output, x, model)` into `loss(output, x)`."""
+    try:
+        n_args = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n_args = 2
+    if n_args >= 3:
+        return lambda out, x: fn(out, x, model_ref())
+    return fn

@@ -1,0 +1,307 @@
+"""`hopelab audit` on fixture models that each carry one known defect (tests/fixtures/), on healthy
+look-alikes, and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from hopelab.audit import audit
+from hopelab.audit.names import component_of, is_memory_name, is_producer_name, words
+from hopelab.audit.target import build_target
+from hopelab.audit.tracing import ForwardTracer
+from hopelab.errors import UserError
+
+FIX = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run(spec: str, **kw):
+    return audit(build_target(str(FIX / spec)), target=spec, **kw)
+
+
+def checks_of(report, severity=None) -> set[str]:
+    return {f.check for f in report.findings if severity is None or f.severity == severity}
+
+
+def finding(report, check):
+    return next(f for f in report.findings if f.check == check)
+
+
+# --- healthy models ---------------------------------------------------------------------------------------
+
+
+def test_healthy_fast_weight_model_passes_every_check():
+    model = build_target(str(FIX / "fastweight.py:build"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    r = audit(model, target="healthy")
+    assert r.findings == [] and r.exit_code == 0 and r.verdict == "PASS"
+    assert {c.status for c in r.checks} == {"pass"}
+    assert r.settings["dtype"] == "float64"
+    assert "cross-entropy" in r.settings["loss"]
+    assert all(row.ok and row.status == "correct" for row in r.gradient_flow)
+    memory_row = next(row for row in r.gradient_flow if row.component == "memory_init")
+    assert memory_row.late_loss == "yes"
+    # the caller's model is untouched: same values, still in eval mode, still float32
+    assert not model.training and model.memory_init.dtype == torch.float32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_float_input_model_uses_next_step_mse():
+    r = run("fastweight.py:build_float", input="float:8")
+    assert r.exit_code == 0 and not checks_of(r, "critical")
+    assert "MSE" in r.settings["loss"] and r.settings["input"] == "float:8"
+
+
+# --- one defect each --------------------------------------------------------------------------------------
+
+
+def test_detached_initial_state_is_used_but_disconnected():
+    r = run("detached_init.py:build")
+    f = finding(r, "disconnected_params")
+    assert f.severity == "critical" and f.params == ["memory_init"]
+    assert r.exit_code == 1
+    row = next(row for row in r.gradient_flow if row.component == "memory_init")
+    assert not row.ok and row.status == "BUG: used but disconnected"
+    assert "detach" in f.evidence["parameters"]["memory_init"]["ops_in_forward"]
+
+
+def test_detached_target_generator_gets_no_gradient():
+    r = run("detached_target.py:build")
+    f = finding(r, "disconnected_params")
+    gen = {n for n in f.params if n.startswith("target_gen.")}
+    assert gen == {"target_gen.0.weight", "target_gen.0.bias", "target_gen.2.weight", "target_gen.2.bias"}
+    assert "memory_init" not in f.params
+    assert not next(row for row in r.gradient_flow if row.component == "target_gen.*").ok
+
+
+@pytest.mark.parametrize("factory", ["build", "build_item"])
+def test_eta_collapsed_to_batch_scalar(factory):
+    r = run(f"eta_batch_scalar.py:{factory}")
+    f = finding(r, "eta_alpha_collapse")
+    assert f.severity == "critical" and f.params == ["eta_proj"]
+    if factory == "build":
+        assert f.evidence["collapsed_reaching_output"] == {"eta_proj": "mean()"}
+    else:
+        assert f.evidence["python_scalar_escapes"][0]["op"] == "item"
+    assert r.has("batch_independence", "critical")  # the batch mean couples the samples, too
+
+
+def test_no_in_sequence_update_has_conv_window_receptive_field():
+    r = run("no_in_sequence_update.py:build")
+    f = finding(r, "receptive_field")
+    assert f.severity == "critical"
+    assert f.evidence["reach_train"] == 3  # the 4-token convolution, nothing more
+    assert not r.has("causality") and not r.has("batch_independence")
+
+
+def test_future_leak_inside_chunk_is_seen_in_float64_only():
+    r = run("future_leak.py:build")
+    f = finding(r, "causality")
+    assert f.severity == "critical"
+    perturbed = {v["perturbed_position"] for v in f.evidence["violations"]}
+    assert any(j % 8 not in (0,) for j in perturbed)  # inside chunks, not only at chunk starts
+    assert all(v["max_rel_change"] < 1e-5 for v in f.evidence["violations"])  # a 1e-7-level leak
+    r32 = run("future_leak.py:build", dtype="float32")
+    assert not r32.has("causality") and r32.settings["tolerance"] == 1e-5
+
+
+def test_memory_shared_across_batch():
+    r = run("shared_batch_memory.py:build")
+    f = finding(r, "batch_independence")
+    assert f.severity == "critical" and f.evidence["rel_change_other_samples"]["eval"] > 1e-6
+    assert not r.has("eta_alpha_collapse")  # the state is averaged, η itself is per token
+
+
+def test_memory_off_in_eval_is_a_warning():
+    r = run("no_eval_update.py:build")
+    f = finding(r, "eval_memory")
+    assert f.severity == "warning" and f.evidence["reach_train"] == 63 and f.evidence["reach_eval"] == 3
+    assert r.exit_code == 0 and not checks_of(r, "critical")
+
+
+def test_state_detached_between_chunks_blocks_late_gradients():
+    r = run("truncated_state.py:build")
+    f = finding(r, "in_context_grad")
+    assert f.severity == "critical" and "memory_init" in f.params
+    assert f.evidence["parameters"]["memory_init"]["grad_full_loss"] == "ok"
+    row = next(row for row in r.gradient_flow if row.component == "memory_init")
+    assert row.late_loss == "no" and not row.ok
+
+
+def test_state_carried_across_calls():
+    r = run("stateful.py:build")
+    f = finding(r, "state_across_calls")
+    assert f.severity == "warning" and f.evidence["rel_diff_second_call"]["eval"] > 1e-6
+    assert not r.has("batch_independence")  # fresh copies keep the carried state out of the other checks
+
+
+def test_nan_output():
+    r = run("nonfinite.py:build")
+    assert finding(r, "nonfinite").severity == "critical"
+    skipped = {c.name for c in r.checks if c.status == "skipped"}
+    assert {"receptive_field", "causality"} <= skipped
+
+
+# --- healthy look-alikes ----------------------------------------------------------------------------------
+
+
+def test_unused_template_module_is_info_only():
+    r = run("template_module.py:build")
+    assert r.exit_code == 0 and not checks_of(r, "critical") and not checks_of(r, "warning")
+    assert finding(r, "unused_params").params == ["memory_template.weight"]
+    row = next(row for row in r.gradient_flow if row.component == "memory_template")
+    assert row.ok and row.gradient == "no: never used"
+
+
+def test_zero_initialised_gate_is_not_a_finding():
+    r = run("zero_gate.py:build")
+    assert r.exit_code == 0 and not checks_of(r, "critical") and not checks_of(r, "warning")
+    f = finding(r, "zero_grad_at_init")
+    assert f.severity == "info" and {"memory_init", "k_proj.weight", "eta_proj.weight"} <= set(f.params)
+    assert f.evidence["parameters"]["memory_init"] == {"grad_base": "zero", "grad_perturbed": "ok"}
+
+
+# --- the seed review, automated ----------------------------------------------------------------------------
+
+
+def test_review_replica_reproduces_the_reviews_gradient_flow_table():
+    spec = str(FIX / "review_hope.py")
+    r = run("review_hope.py:build", call=f"{spec}:rollout")
+    rows = {row.component: row for row in r.gradient_flow}
+    for mem in ("M_k", "M_v", "M_eta", "M_alpha", "M_memory"):  # review §6: 🔴 Bug
+        for w in ("w1", "w2"):
+            assert rows[f"block.{mem}.{w}"].status == "BUG: used but disconnected"
+    assert rows["block.self_modifier.net.*"].status == "BUG: used but disconnected"
+    for ok in ("block.q_proj", "block.out_proj", "embed", "head"):  # review §6: ✅ correct
+        assert rows[ok].ok and rows[ok].gradient == "yes"
+    assert set(finding(r, "eta_alpha_collapse").params) == {"block.M_eta", "block.M_alpha"}  # §4.4
+    assert finding(r, "eval_memory").severity == "warning"  # §5.4
+    # one training step (reset, then one call): no memory within the sequence (§4.5)
+    step = run("review_hope.py:build", call=f"{spec}:training_step")
+    assert finding(step, "receptive_field").evidence["reach_train"] == 0
+    assert finding(step, "disconnected_params").params == ["block.M_memory.w1.weight", "block.M_memory.w2.weight"]
+    # without --call the reset never runs inside the audit: the report says how to show it
+    plain = run("review_hope.py:build")
+    assert "reset_all_memories" in finding(plain, "unused_params").evidence["hint"]
+    assert plain.settings["dtype"] == "float32" and "does not run in float64" in plain.notes[0]
+
+
+# --- interface --------------------------------------------------------------------------------------------
+
+
+def test_custom_call_and_loss_as_strings_and_callables():
+    spec = str(FIX / "stateful_call.py")
+    with pytest.raises(UserError, match="calling the model failed: TypeError"):
+        run("stateful_call.py:build")
+    r = run("stateful_call.py:build", call=f"{spec}:run", loss=f"{spec}:loss")
+    assert r.exit_code == 0 and r.findings == [] and r.settings["loss"] == "user loss (--loss)"
+    mod = sys.modules[[k for k in sys.modules if k.startswith("_hopelab_audit_stateful_call")][0]]
+    r2 = run("stateful_call.py:build", call=mod.run, loss=lambda out, x, model: mod.loss(out, x))
+    assert r2.exit_code == 0 and r2.findings == []
+
+
+def test_memory_params_glob_extends_the_audited_set():
+    base = run("fastweight.py:build").settings["memory_parameters_audited"]
+    r = run("fastweight.py:build", memory_params=["head.*"])
+    assert r.settings["memory_parameters_audited"] == base + 2
+
+
+def test_usage_errors():
+    model = build_target(str(FIX / "fastweight.py:build"))
+    with pytest.raises(UserError, match="--input"):
+        audit(model, input="floats")
+    with pytest.raises(UserError, match="not \\[B=2"):
+        audit(model, call=lambda m, x: m(x)[:, :5])
+    with pytest.raises(UserError, match="scalar"):
+        audit(model, loss=lambda out, x: out.mean(-1))
+    with pytest.raises(UserError, match="does not exist"):
+        build_target("no/such/file.py:build")
+    with pytest.raises(UserError, match="has no attribute 'nope'"):
+        build_target(str(FIX / "fastweight.py:nope"))
+    with pytest.raises(UserError, match="must look like"):
+        build_target("fastweight")
+
+
+def test_renderings():
+    r = run("detached_init.py:build")
+    data = json.loads(r.to_json())
+    assert data["exit_code"] == 1 and data["counts"]["critical"] == 1
+    assert data["findings"][0]["check"] == "disconnected_params"
+    assert {row["component"] for row in data["gradient_flow"]} >= {"memory_init", "q_proj", "head"}
+    md = r.to_markdown()
+    assert "| Component | Parameters | Gradients from outer loss?" in md
+    assert "`memory_init`" in md and "BUG: used but disconnected" in md
+    console = Console(record=True, width=160)
+    r.render(console)
+    text = console.export_text()
+    assert "FAIL: 1 critical" in text and "Gradient-flow audit" in text
+
+
+# --- names and tracing ------------------------------------------------------------------------------------
+
+
+def test_name_heuristics():
+    assert words("blocks.0.M_eta.w1") == ["blocks", "M", "eta", "w"]
+    assert is_memory_name("blocks.3.M_k.w1") and is_memory_name("layers.0.memInit")
+    assert not is_memory_name("blocks.0.attn.qkv.weight") and not is_memory_name("lm_head.weight")
+    assert is_producer_name("blocks.0.titans.hook_eta") and is_producer_name("blocks.0.M_alpha")
+    assert not is_producer_name("blocks.0.M_eta.w1")  # the Linear inside a producer is not another one
+    model = build_target(str(FIX / "fastweight.py:build"))
+    assert component_of(model, "q_proj.weight") == "q_proj" and component_of(model, "memory_init") == "memory_init"
+
+
+def test_tracer_tells_eta_collapse_from_state_averaging():
+    eta_raw = torch.rand(2, 5, 1)
+    state = torch.rand(2, 4, 4)
+    with ForwardTracer({}, batch=2) as tr:
+        tr.label(eta_raw, "eta")
+        eta = torch.sigmoid(eta_raw) * 0.5  # still "the η": pure
+        mixed = (eta.mean(1, keepdim=True) * state).mean(0)  # the state averaged over the batch
+        collapsed = eta.mean() * state  # η folded over the batch
+    assert tr.collapsed_in(mixed) == {}
+    assert tr.collapsed_in(collapsed) == {"eta": "mean()"}
+
+
+# --- CLI --------------------------------------------------------------------------------------------------
+
+
+def test_cli_exit_codes_and_files(tmp_path):
+    from hopelab.cli import app
+
+    runner = CliRunner()
+    healthy = str(FIX / "fastweight.py:build")
+    res = runner.invoke(app, ["audit", healthy, "--json", str(tmp_path / "r.json"),
+                              "--markdown", str(tmp_path / "r.md"), "--seq-len", "32"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"] == "PASS"
+    assert (tmp_path / "r.md").read_text().startswith("# hopelab audit")
+    res = runner.invoke(app, ["audit", str(FIX / "detached_init.py:build"), "--seq-len", "32"])
+    assert res.exit_code == 1 and "disconnected_params" in res.output
+    res = runner.invoke(app, ["audit", str(FIX / "fastweight.py:missing")])
+    assert isinstance(res.exception, UserError)  # main() turns this into one line and exit 2
+
+
+def test_cli_main_bad_target_is_one_line_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "hopelab.cli", "audit", "no_such_module_xyz:build"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot import target module 'no_such_module_xyz'")
