@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import typer
 
 from hopelab.config import get_scale
-from hopelab.errors import UserError
-from hopelab.models import VARIANTS, build_model, check_variant, count_parameters, set_impl
+from hopelab.models import build_model, count_parameters, set_impl
 from hopelab.tables import write_parquet_atomic
 
 BENCH_COLUMNS = ("section", "variant", "metric", "value", "unit")
@@ -207,35 +205,3 @@ def write_bench_report(rows, scale, repeats, out: Path) -> Path:
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
     return path
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("bench")
-    def bench(
-        scale: str = typer.Option("tiny", help="tiny | small | scaled"),
-        variants: str = typer.Option("all", help="comma-separated variant names, or 'all'"),
-        repeats: int = typer.Option(5, min=1, help="interleaved repeats; medians are reported"),
-        device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu"),
-        out: Path = typer.Option(Path("reports/bench"), help="where bench-<scale>.parquet and README-<scale>.md go"),
-        probes: bool = typer.Option(True, help="measure probe overhead (a short training with and without)"),
-        audit: bool = typer.Option(True, help="time `hopelab audit` on a small-scale HOPE"),
-        threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
-    ) -> None:
-        """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,
-        audit wall time and memory, in one run."""
-        from rich.console import Console
-
-        get_scale(scale)
-        names = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
-        for v in names:
-            check_variant(v)
-        if "transformer" not in names:
-            names.append("transformer")  # the reference every ratio is taken against
-        if threads:
-            torch.set_num_threads(threads)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device")
-        console = Console(stderr=True)
-        path = run_bench(scale, names, repeats, device, out, probes, audit, console)
-        console.print(Path(path).read_text())
-        console.print(f"wrote {path}")

@@ -21,7 +21,6 @@ app = typer.Typer(
 def _register() -> None:
     # One line per command group; each module exposes `register(app)`.
     # >>> command groups (keep this marker; add one import + call per group)
-    pass
     from hopelab.study.cli import register as register_study
 
     register_study(app)
@@ -37,6 +36,9 @@ def _register() -> None:
     from hopelab.report_cli import register as register_report
 
     register_report(app)
+    from hopelab.bench_cli import register as register_bench
+
+    register_bench(app)
     # <<< command groups
 
 

@@ -31,9 +31,23 @@ Nine behavioural checks, each a named finding (critical | warning | info) with i
 Default loss: see hopelab.audit.target (cross-entropy of output[:, :-1] vs x[:, 1:] for tokens, MSE for float).
 """
 
-from hopelab.audit.bench import bench_audit
-from hopelab.audit.checks import CHECKS, audit
-from hopelab.audit.report import AuditReport, CheckResult, Finding, FlowRow
+_LAZY = {  # imported on first use, so `hopelab --help` does not pay for torch
+    "bench_audit": "hopelab.audit.bench",
+    "CHECKS": "hopelab.audit.checks",
+    "audit": "hopelab.audit.checks",
+    "AuditReport": "hopelab.audit.report",
+    "CheckResult": "hopelab.audit.report",
+    "Finding": "hopelab.audit.report",
+    "FlowRow": "hopelab.audit.report",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hopelab.audit' has no attribute {name!r}")
 
 
 def register(app) -> None:

@@ -1,0 +1,6 @@
+"""Test-wide settings: one torch thread. The models in the tests are tiny, where intra-op threads cost more
+than they give, and several tests run subprocesses beside the main one on a 2-core machine."""
+
+import torch
+
+torch.set_num_threads(1)
