@@ -5,6 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCALE  ?= tiny
+JOBS   ?= 2
 
 .PHONY: install test study bench clean
 
@@ -21,8 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 study: $(STAMP)
-	$(VENV)/bin/hopelab study ablation --scale $(SCALE)
-	$(VENV)/bin/hopelab report runs/ablation/$(SCALE) --out reports/ablation-$(SCALE)
+	$(VENV)/bin/hopelab study ablation --scale $(SCALE) --jobs $(JOBS)
+	$(VENV)/bin/hopelab report runs/ablation --scale $(SCALE) --out reports/ablation-$(SCALE)
 
 bench: $(STAMP)
 	$(VENV)/bin/hopelab bench --scale $(SCALE)

@@ -46,25 +46,13 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: a UserError becomes one line on stderr and exit code 2."""
+    """Console entry point. Click handles usage errors, exit codes and Ctrl-C itself (standalone mode);
+    a UserError (bad input found by our code) becomes one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
-    except (typer.Exit, SystemExit) as err:  # typer/click exit codes pass through
-        code = getattr(err, "exit_code", getattr(err, "code", 0))
-        sys.exit(code if isinstance(code, int) else 0)
-    except Exception as err:  # click usage errors and aborts
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from hopelab.data.cache import atomic_path, digest, file_sha256, locked, slug
+from hopelab.data.cache import digest, file_sha256, locked, slug
+from hopelab.tables import atomic_path
 from hopelab.errors import UserError
 
 EMBEDDED_PACKAGE = "gensim"

@@ -27,7 +27,8 @@ import numpy as np
 import tokenizers
 
 import hopelab
-from hopelab.data.cache import atomic_path, cache_root, digest, locked
+from hopelab.data.cache import cache_root, digest, locked
+from hopelab.tables import atomic_path
 from hopelab.data.corpus import Corpus, resolve_corpus
 from hopelab.data.progress import progress_bar
 from hopelab.data.tokenizer import Tokenizer, check_tokenizer_args, gpt2_tokenizer, trained_bpe

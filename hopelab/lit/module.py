@@ -1,0 +1,134 @@
+"""The LightningModule: next-token cross-entropy on any hopelab variant, AdamW, warmup + cosine, clipping.
+
+The resolved run config travels inside every checkpoint (`checkpoint["hopelab"]["config"]`), together with
+the RNG states, so a checkpoint alone says what it is and a resumed run draws the same dropout masks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Iterable
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hopelab.config import ModelConfig, TrainConfig
+from hopelab.models import build_model
+
+
+class NonFiniteError(RuntimeError):
+    """A loss (or another watched quantity) became NaN or inf: the run stops as failed at `step`."""
+
+    def __init__(self, quantity: str, step: int, value: float) -> None:
+        super().__init__(f"non-finite {quantity} ({value}) at step {step}")
+        self.quantity = quantity
+        self.step = step
+        self.value = value
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """logits [B, T, V], targets [B, T] -> mean cross-entropy (or [B*T] per token with reduction='none')."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Multiplier of the base lr at optimizer step `step`: linear warmup, then constant or cosine to 10%."""
+    if train.warmup_steps > 0 and step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    if train.schedule == "cosine":
+        span = max(1, train.steps - train.warmup_steps)
+        progress = min(1.0, (step - train.warmup_steps) / span)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices; none on norms, biases, embeddings and meta-learned initial states."""
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    if hasattr(model, "initial_states"):  # values may be views of a stacked parameter: use their base
+        for states in model.initial_states().values():
+            no_decay_ids.update(id(t if t._base is None else t._base) for t in states.values())
+    decay, no_decay = [], []
+    for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():
+        (decay if p.ndim >= 2 and id(p) not in no_decay_ids else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states in plain types and tensors, so checkpoints load with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    numpy_state = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LitLM(pl.LightningModule):
+    """Wraps `build_model(variant, model_cfg)`; a batch is (step [], x [B, T], y [B, T])."""
+
+    def __init__(
+        self,
+        variant: str,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.variant = variant
+        self.train_cfg = train_cfg
+        self.run_config = run_config or {}
+        self.model = build_model(variant, model_cfg)
+        self.last_loss: torch.Tensor | None = None  # detached loss of the latest step
+        self.last_grad_norm: torch.Tensor | None = None  # total grad norm before clipping
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int):
+        step, x, y = batch
+        if int(step) != self.global_step:  # batches are a pure function of the step: resume must line up
+            raise RuntimeError(f"data step {int(step)} does not match the optimizer step {self.global_step}")
+        logits = self.model(x)  # [B, T, V]
+        loss = lm_loss(logits, y)
+        self.last_loss = loss.detach()
+        if self.trainer.world_size > 1:  # the global batch's loss; NaN/inf on any rank stops every rank
+            self.last_loss = self.trainer.strategy.reduce(self.last_loss, reduce_op="mean")
+        if not torch.isfinite(self.last_loss).item():
+            raise NonFiniteError("train_loss", self.global_step + 1, float(self.last_loss))  # 1-based, as logged
+        return loss
+
+    def configure_optimizers(self):
+        t = self.train_cfg
+        opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        max_norm = self.train_cfg.grad_clip if self.train_cfg.grad_clip > 0 else float("inf")
+        params: Iterable[torch.Tensor] = [p for p in self.parameters() if p.grad is not None]
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hopelab"] = {"config": self.run_config, "variant": self.variant, "rng": rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hopelab", {})
+        if "rng" in saved:
+            set_rng_state(saved["rng"])

@@ -1,0 +1,34 @@
+"""Studies: typed definitions (variants x scales x seeds x overrides) and the runner behind `hopelab study`.
+
+    from hopelab.study import Study, Cell
+    STUDY = Study(name="mine", description="...", cells=[Cell("hope"), Cell("titans")], seeds=2)
+
+    loaded = load_study("ablation")                     # or a path to a file defining STUDY
+    runs = plan_runs(loaded.study, scales=["tiny"])     # one PlannedRun (with its RunSpec) per run
+"""
+
+from hopelab.study.definition import Cell, Study, parse_set_options, split_overrides
+from hopelab.study.loader import LoadedStudy, builtin_names, load_study
+from hopelab.study.locks import FileLock, LockHeld
+from hopelab.study.plan import PlannedRun, disk_state, parse_shard, plan_runs, shard_runs
+from hopelab.study.state import STUDY_JSON, read_study_json, study_root
+
+__all__ = [
+    "Cell",
+    "Study",
+    "LoadedStudy",
+    "PlannedRun",
+    "FileLock",
+    "LockHeld",
+    "STUDY_JSON",
+    "builtin_names",
+    "disk_state",
+    "load_study",
+    "parse_set_options",
+    "parse_shard",
+    "plan_runs",
+    "read_study_json",
+    "shard_runs",
+    "split_overrides",
+    "study_root",
+]

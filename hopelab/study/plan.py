@@ -1,0 +1,201 @@
+"""Expand a Study into the runs it means (one RunSpec per scale x cell x seed), shard them, read their state.
+
+    runs = plan_runs(study, scales=["small"], seeds=2, overrides={"dim": "32"})
+    mine = shard_runs(runs, "2/4")     # every 4th run, starting with the 2nd
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hopelab.config import apply_overrides, get_scale
+from hopelab.errors import UserError
+from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunSpec
+from hopelab.study.definition import Cell, Study, check_scale, split_overrides
+from hopelab.study.locks import held_by_other
+
+LOCKS_DIR = ".locks"  # under the study root, outside the run directories that training owns
+STATUS_PENDING = "pending"
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    cell: Cell
+    steps: int
+    batch_size: int
+    context_len: int
+    tokenizer: str
+    vocab_size: int
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens this run sees: steps x batch x context."""
+        return self.steps * self.batch_size * self.context_len
+
+    @property
+    def path(self) -> str:
+        """The run directory relative to the study root."""
+        s = self.spec
+        return f"{s.scale}/{s.run_name}/seed{s.seed}"
+
+    @property
+    def lock_path(self) -> Path:
+        s = self.spec
+        return Path(s.out) / s.study / LOCKS_DIR / f"{s.scale}.{s.run_name}.seed{s.seed}.lock"
+
+
+def resolve_scales(study: Study, scales: list[str] | None) -> list[str]:
+    """`--scale small --scale scaled` or `--scale small,scaled`; none given: the study's own scales."""
+    names = [s.strip() for item in (scales or []) for s in item.split(",") if s.strip()]
+    for s in names:
+        check_scale(s)
+    return list(dict.fromkeys(names)) or list(study.scales)
+
+
+def plan_runs(
+    study: Study,
+    scales: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    steps: int | None = None,
+    out: str = "runs",
+    data: str | None = None,
+    accelerator: str = "auto",
+    devices: str | int = "auto",
+    precision: str | None = None,
+) -> list[PlannedRun]:
+    """Every run of the study, in a fixed order: scale, then cell (definition order), then seed.
+
+    `overrides` (flat, from `--set`) apply to every cell after the cell's own; `steps` (`--steps`) last.
+    """
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    set_model, set_train = split_overrides(overrides or {}, "--set")
+    if steps is not None:
+        set_train["steps"] = steps
+    runs: list[PlannedRun] = []
+    for scale_name in resolve_scales(study, scales):
+        scale = get_scale(scale_name)
+        cells = study.cells_at(scale_name)
+        if not cells:
+            raise UserError(f"study {study.name!r} has no cells at scale {scale_name!r}")
+        for cell in cells:
+            model_ov = {**cell.model, **set_model}
+            train_ov = {**cell.train, **set_train}
+            where = f"study {study.name!r}, cell {cell.run_name!r} at {scale_name}"
+            try:  # the resolved configs must be valid (e.g. dim divisible by n_heads)
+                model_cfg = apply_overrides(scale.model, model_ov, "model config")
+                train_cfg = apply_overrides(scale.train, train_ov, "train config")
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
+            run_steps = train_ov.pop("steps", train_cfg.steps)  # steps live in RunSpec.steps only
+            for seed in range(seeds if seeds is not None else study.seeds_at(scale_name)):
+                spec = RunSpec(
+                    variant=cell.variant,
+                    scale=scale_name,
+                    seed=seed,
+                    study=study.name,
+                    steps=run_steps,
+                    data=data,
+                    out=str(out),
+                    model_overrides=dict(model_ov),
+                    train_overrides=dict(train_ov),
+                    tag=cell.tag,
+                    accelerator=accelerator,
+                    devices=devices,
+                    precision=precision,
+                )
+                runs.append(
+                    PlannedRun(
+                        spec, cell, run_steps, train_cfg.batch_size, model_cfg.context_len,
+                        model_cfg.tokenizer, model_cfg.vocab_size,
+                    )
+                )
+    return runs
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """"2/4" -> (2, 4): the 2nd of 4 shards (1-based, like `--array=1-4`)."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {shard!r}: expected I/N with 1 <= I <= N, e.g. --shard 1/4") from None
+    if n < 1 or not 1 <= i <= n:
+        raise UserError(f"--shard {shard!r}: expected I/N with 1 <= I <= N, e.g. --shard 1/4")
+    return i, n
+
+
+def shard_runs(runs: list[PlannedRun], shard: str | tuple[int, int] | None) -> list[PlannedRun]:
+    """Shard i of n takes runs i-1, i-1+n, i-1+2n, ... of the plan: every run lands in exactly one shard,
+    the same one on every machine given the same command, and shards get near-equal mixes of variants."""
+    parsed = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
+    if parsed is None:
+        return list(runs)
+    i, n = parsed
+    return [run for k, run in enumerate(runs) if k % n == i - 1]
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def is_final_failure(manifest: dict) -> bool:
+    """A run that failed by itself (its loss went non-finite at `failed_step`) is a result and is not
+    retried; a run that failed for any other reason (interrupted, crashed) is retried by the next run."""
+    return manifest.get("status") == STATUS_FAILED and manifest.get("failed_step") is not None
+
+
+def disk_state(run: PlannedRun) -> dict[str, Any]:
+    """What the run directory says: status done|failed|running|pending and the final numbers.
+
+    `running` only while another live process holds the run's lock; a run stopped midway (killed,
+    interrupted, crashed) is `pending` with the reason, and resumes on the next invocation.
+    """
+    manifest = read_manifest(run.spec.run_dir)
+    state: dict[str, Any] = {"status": STATUS_PENDING, "final_val_loss": None, "wall_time_s": None, "reason": None}
+    if manifest:
+        for key in ("final_val_loss", "wall_time_s", "reason", "last_step", "failed_step"):
+            state[key] = manifest.get(key)
+        if manifest.get("status") == STATUS_DONE or is_final_failure(manifest):
+            state["status"] = manifest["status"]
+            return state
+    owner = held_by_other(run.lock_path)
+    if owner is not None:
+        state["status"] = STATUS_RUNNING
+        state["reason"] = f"pid {owner.get('pid')} on {owner.get('host')}"
+    elif manifest:
+        why = f"{manifest.get('status')}: {manifest.get('reason')}" if manifest.get("reason") else "stopped"
+        state["reason"] = f"partial ({why}) at step {manifest.get('last_step')}; resumes"
+    return state
+
+
+def check_same_config(run: PlannedRun) -> None:
+    """Resuming (or reporting) a run started with other overrides, steps or data would mix two experiments
+    in one directory: refuse before anything starts. Same rule as train_one's own check."""
+    config_path = run.spec.run_dir / "config.json"
+    if not config_path.exists():
+        return
+    from hopelab.lit.run import read_json, spec_identity  # lightning: only when there is a run to check
+
+    saved = spec_identity((read_json(config_path) or {}).get("spec", {}))
+    want = spec_identity(run.spec)
+    diff = [k for k in want if want[k] != saved.get(k)]
+    if diff:
+        parts = ", ".join(f"{k} {saved.get(k)} -> {want[k]}" for k in diff)
+        raise UserError(
+            f"run {run.spec.run_id} in {run.spec.out} was started with different settings ({parts}); "
+            "use another --out, or delete that run directory to start it again"
+        )

@@ -1,0 +1,248 @@
+"""Run the planned runs of a study: one at a time in this process, or `--jobs N` worker processes.
+
+Every run is trained by `hopelab.lit.run.train_one`, which resumes a partial run by itself. Around it this
+module takes the run's lock (so two processes never train the same run), skips finished runs, records each
+run's state in study.json, and keeps going when a run fails (NaN) or crashes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_mod
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from hopelab.errors import UserError
+from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING
+from hopelab.study.locks import HOST, FileLock, LockHeld
+from hopelab.study.plan import PlannedRun, check_same_config, disk_state, is_final_failure, read_manifest
+from hopelab.study.state import record_runs, run_record
+
+Progress = Callable[[int, int, float], None]  # (step, total, loss), called every training step
+ERROR_LOG = "error.txt"  # the same name train_one uses for a crash inside training
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # done | failed | running (another process has it) | pending (stopped midway)
+    final_val_loss: float | None = None
+    wall_time_s: float | None = None
+    reason: str | None = None
+    crashed: bool = False  # an unexpected exception (not a NaN); the traceback is in the run's error.txt
+    skipped: bool = False  # already finished before this invocation
+
+
+def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -> RunOutcome:
+    """Train one run under its lock and record the result in study.json. Returns (never raises) when the
+    run fails or crashes; raises UserError (bad input: every run would fail) and KeyboardInterrupt."""
+    spec = run.spec
+    try:
+        lock = FileLock(run.lock_path).acquire()
+    except LockHeld as held:
+        return RunOutcome(spec.run_id, STATUS_RUNNING, reason=f"being trained by {held.who}")
+    try:
+        state = disk_state(run)  # again, under the lock: another process may have just finished it
+        if state["status"] in (STATUS_DONE, STATUS_FAILED):
+            return RunOutcome(
+                spec.run_id, state["status"], state["final_val_loss"], state["wall_time_s"], state["reason"],
+                skipped=True,
+            )
+        check_same_config(run)
+        record_runs(root, [run_record(run, {"status": STATUS_RUNNING, "reason": f"pid {os.getpid()} on {HOST}"})])
+        from hopelab.lit.run import train_one
+
+        try:
+            result = train_one(spec, progress=progress)
+        except (UserError, KeyboardInterrupt, SystemExit) as err:
+            record_runs(root, [run_record(run, disk_state(run))])
+            if isinstance(err, SystemExit):  # Lightning turns Ctrl+C into SystemExit(1)
+                raise KeyboardInterrupt from None
+            raise
+        except Exception as err:  # escaped train_one (data, model build): record it, go on with the study
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            (spec.run_dir / ERROR_LOG).write_text(traceback.format_exc())
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300] + f" (traceback in {ERROR_LOG})"
+            outcome = RunOutcome(spec.run_id, STATUS_FAILED, reason=reason, crashed=True)
+        else:
+            if result.status == STATUS_DONE:
+                outcome = RunOutcome(spec.run_id, STATUS_DONE, result.final_val_loss, result.wall_time_s)
+            else:  # a non-finite loss names its step; any other failure is a crash
+                crashed = not is_final_failure(read_manifest(spec.run_dir) or {})
+                outcome = RunOutcome(
+                    spec.run_id, STATUS_FAILED, None, result.wall_time_s, result.reason, crashed=crashed
+                )
+        record_runs(root, [run_record(run, vars(outcome))])
+        return outcome
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------------------------------------- workers
+_QUEUE = None  # set in each worker process: progress messages go back to the parent through it
+
+
+def _init_worker(progress_queue, threads: int) -> None:
+    global _QUEUE
+    _QUEUE = progress_queue
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_run(run: PlannedRun, root: Path) -> RunOutcome:
+    run_id = run.spec.run_id
+
+    def progress(step: int, total: int, loss: float) -> None:
+        _QUEUE.put((run_id, step, total, float(loss)))
+
+    _QUEUE.put((run_id, None, run.steps, None))  # started
+    return execute_run(run, root, progress)
+
+
+def threads_per_job(jobs: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+# ---------------------------------------------------------------------------------------------- display
+class StudyProgress:
+    """Rich progress: runs done/total, and for each active run its step, loss and ETA."""
+
+    def __init__(self, console, title: str, total: int, done: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.overall = self.bar.add_task(f"[bold]{title}[/] runs", total=total, completed=done, loss="")
+        self.tasks: dict[str, int] = {}
+        self.ended: set[str] = set()  # late progress messages of these runs are dropped
+
+    def __enter__(self) -> "StudyProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def step(self, run_id: str, step: int | None, total: int, loss: float | None) -> None:
+        if run_id in self.ended:
+            return
+        if run_id not in self.tasks:
+            self.tasks[run_id] = self.bar.add_task(f"  {run_id}", total=total, loss="")
+        if step is not None:
+            self.bar.update(self.tasks[run_id], completed=step, total=total, loss=f"loss {loss:.3f}")
+
+    def finished(self, outcome: RunOutcome) -> None:
+        self.ended.add(outcome.run_id)
+        task = self.tasks.pop(outcome.run_id, None)
+        if task is not None:
+            self.bar.remove_task(task)
+        if outcome.status in (STATUS_DONE, STATUS_FAILED):
+            self.bar.advance(self.overall)
+        self.console.print(describe(outcome))
+
+
+def describe(outcome: RunOutcome) -> str:
+    if outcome.status == STATUS_DONE:
+        loss = f"val loss {outcome.final_val_loss:.4f}" if outcome.final_val_loss is not None else "no val loss"
+        wall = f", {outcome.wall_time_s:.1f} s" if outcome.wall_time_s is not None else ""
+        mark = "already done" if outcome.skipped else "done"
+        return f"[green]{mark}[/] {outcome.run_id}: {loss}{wall}"
+    if outcome.status == STATUS_FAILED:
+        mark = "crashed" if outcome.crashed else "failed"
+        return f"[red]{mark}[/] {outcome.run_id}: {outcome.reason}"
+    return f"[yellow]{outcome.status}[/] {outcome.run_id}: {outcome.reason}"
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1) -> list[RunOutcome]:
+    """Train every run not yet finished; returns one outcome per run, in plan order."""
+    outcomes: dict[str, RunOutcome] = {}
+    todo: list[PlannedRun] = []
+    for run in runs:
+        state = disk_state(run)
+        if state["status"] in (STATUS_DONE, STATUS_FAILED):
+            outcomes[run.spec.run_id] = RunOutcome(
+                run.spec.run_id, state["status"], state["final_val_loss"], state["wall_time_s"], state["reason"],
+                skipped=True,
+            )
+        else:
+            todo.append(run)
+    if outcomes:
+        console.print(f"{len(outcomes)} of {len(runs)} runs already finished; skipping them")
+    with StudyProgress(console, title, total=len(runs), done=len(outcomes)) as display:
+        if jobs <= 1 or len(todo) <= 1:
+            for run in todo:
+                run_id = run.spec.run_id
+                display.step(run_id, None, run.steps, None)
+                outcome = execute_run(run, root, lambda s, t, l, rid=run_id: display.step(rid, s, t, l))
+                outcomes[run_id] = outcome
+                display.finished(outcome)
+        else:
+            _run_pool(todo, root, display, jobs, outcomes)
+    return [outcomes[run.spec.run_id] for run in runs]
+
+
+def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: int, outcomes: dict) -> None:
+    ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    messages = ctx.Queue()
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(todo)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(messages, threads_per_job(jobs)),
+    )
+    try:
+        pending = {pool.submit(_worker_run, run, root): run for run in todo}
+        while pending:
+            finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(messages, display)
+            for fut in finished:
+                run = pending.pop(fut)
+                try:
+                    outcome = fut.result()
+                except UserError:
+                    raise
+                except Exception as err:  # the worker process itself died (killed, out of memory)
+                    outcome = RunOutcome(
+                        run.spec.run_id, STATUS_FAILED, reason=f"crashed: worker died: {err}", crashed=True
+                    )
+                    record_runs(root, [run_record(run, vars(outcome))])
+                outcomes[run.spec.run_id] = outcome
+                display.finished(outcome)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _drain(messages, display)
+
+
+def _drain(messages, display: StudyProgress) -> None:
+    while True:
+        try:
+            run_id, step, total, loss = messages.get_nowait()
+        except queue_mod.Empty:
+            return
+        display.step(run_id, step, total, loss)
