@@ -43,7 +43,7 @@ from torch import nn
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
-from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_apply, mlp_memory_inner_grad
+from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
 COMPONENTS = ("k", "v", "q", "eta", "alpha", "memory")
@@ -162,9 +162,9 @@ class SelfReferentialTitans(nn.Module):
         M = len(self.components)
         B, H, n, d = z.shape
         if self.cfg.memory == "linear":
-            out = (z @ mem["W"].transpose(-1, -2)).view(B, H, n, M, d).transpose(2, 3)  # M(z) = W z
+            out = linear_memory_apply(mem["W"], z).view(B, H, n, M, d).transpose(2, 3)  # M(z) = W z
             return out, None, None
-        pre = (z @ mem["W2"].transpose(-1, -2)).view(B, H, n, M, -1).transpose(2, 3)  # [B, H, M, n, h]  W2 z
+        pre = linear_memory_apply(mem["W2"], z).view(B, H, n, M, -1).transpose(2, 3)  # [B, H, M, n, h]  W2 z
         hidden = act(pre)
         out = z.unsqueeze(2) + hidden @ mem["W1"].transpose(-1, -2)  # [B, H, M, n, d]  z + W1 σ(W2 z)
         return out, pre, hidden
@@ -181,7 +181,6 @@ class SelfReferentialTitans(nn.Module):
         cfg = self.cfg
         B, T, D = x.shape
         H, d, C = self.n_heads, self.head_dim, cfg.chunk_size
-        M = len(self.components)
         state = state or {}
         xc, conv_tail = self.conv(x, state.get("conv"))  # [B, T, D]
         heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]

@@ -33,6 +33,8 @@ from hopelab.config import (
     TrainConfig,
     apply_overrides,
     get_scale,
+    parse_set_options,
+    split_overrides,
     to_dict,
 )
 from hopelab.errors import UserError
@@ -97,50 +99,7 @@ def check_train_config(t: TrainConfig) -> None:
 def parse_overrides(items: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`key=value` strings -> (model overrides, train overrides), values typed like the field's default.
     Unknown keys and unparsable values are a UserError."""
-    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    model_defaults, train_defaults = ModelConfig(), TrainConfig()
-    model_over: dict[str, Any] = {}
-    train_over: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        if key in model_fields:
-            model_over[key] = _parse_value(key, text.strip(), getattr(model_defaults, key))
-        elif key in train_fields:
-            train_over[key] = _parse_value(key, text.strip(), getattr(train_defaults, key))
-        else:
-            raise UserError(
-                f"unknown override key {key!r}; model keys: {', '.join(model_fields)}; "
-                f"train keys: {', '.join(train_fields)}"
-            )
-    return model_over, train_over
-
-
-def _parse_value(key: str, text: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, tuple):
-            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
-            return tuple(type(default[0])(p.strip()) if default else float(p) for p in parts)
-        return text
-    except ValueError:
-        raise UserError(f"bad value {text!r} for {key} (expected {type(default).__name__})") from None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# manifest
+    return split_overrides(parse_set_options(list(items)), "--set")
 
 
 def _now() -> str:

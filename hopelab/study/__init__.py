@@ -7,7 +7,8 @@
     runs = plan_runs(loaded.study, scales=["tiny"])     # one PlannedRun (with its RunSpec) per run
 """
 
-from hopelab.study.definition import Cell, Study, parse_set_options, split_overrides
+from hopelab.config import parse_set_options, split_overrides
+from hopelab.study.definition import Cell, Study
 from hopelab.study.loader import LoadedStudy, builtin_names, load_study
 from hopelab.study.locks import FileLock, LockHeld
 from hopelab.study.plan import PlannedRun, disk_state, parse_shard, plan_runs, shard_runs

@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from hopelab.errors import UserError
 from hopelab.runs import STATUS_DONE, STATUS_FAILED
-from hopelab.study.definition import parse_set_options
+from hopelab.config import parse_set_options
 from hopelab.study.loader import LoadedStudy, builtin_names, load_study
 from hopelab.study.plan import PlannedRun, check_same_config, disk_state, parse_shard, plan_runs, shard_runs
 from hopelab.study.state import study_root

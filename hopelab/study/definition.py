@@ -17,107 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from hopelab.config import SCALES, ModelConfig, TrainConfig
+from hopelab.config import MODEL_KEYS, SCALES, TRAIN_KEYS, coerce_value
 from hopelab.errors import UserError
 
-MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig))
-TRAIN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 # The seed of a run is the study's seed index (it names the run directory); it is not an override.
 FORBIDDEN_KEYS = {"seed": "seeds come from the study (--seeds N), not from an override"}
 RESERVED_NAMES = ("list", "show", "run")  # `hopelab study list|show|run` are commands, not studies
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _defaults(section: str) -> Any:
-    return ModelConfig() if section == "model" else TrainConfig()
-
-
-def coerce_value(section: str, key: str, value: Any) -> Any:
-    """Check (and, for strings from the command line, convert) one override value against its field.
-
-    The type is taken from the field's default: bool, int, float, str or a tuple (given as a list, a
-    tuple, or a string like "8,32").
-    """
-    default = getattr(_defaults(section), key)
-    where = f"{section} override {key}={value!r}"
-    if isinstance(default, bool):
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{where}: expected true or false")
-    if isinstance(default, int):
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise UserError(f"{where}: expected an integer") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise UserError(f"{where}: expected a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: expected a number")
-        return float(value)
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            parts = [p for p in value.strip("()[] ").replace(" ", "").split(",") if p]
-            value = tuple(parts)
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list like 8,32")
-        item_type = type(default[0]) if default else str
-        try:
-            return tuple(item_type(v) for v in value)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: expected a list of {item_type.__name__}") from None
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise UserError(f"{where}: expected a string")
-        return value
-    return value
-
-
-def split_overrides(overrides: Mapping[str, Any], where: str = "override") -> tuple[dict, dict]:
-    """Route flat `key=value` overrides to the model or the train config by field name."""
-    model, train = {}, {}
-    for key, value in overrides.items():
-        if key in FORBIDDEN_KEYS:
-            raise UserError(f"{where} {key!r}: {FORBIDDEN_KEYS[key]}")
-        if key in MODEL_KEYS:
-            model[key] = coerce_value("model", key, value)
-        elif key in TRAIN_KEYS:
-            train[key] = coerce_value("train", key, value)
-        else:
-            raise UserError(
-                f"unknown {where} key {key!r}; valid model keys: {', '.join(MODEL_KEYS)}; "
-                f"valid train keys: {', '.join(k for k in TRAIN_KEYS if k not in FORBIDDEN_KEYS)}"
-            )
-    return model, train
-
-
-def parse_set_options(items: list[str] | None) -> dict[str, Any]:
-    """`--set dim=32 --set cms_periods=8,32` -> {"dim": "32", "cms_periods": "8,32"} (values coerced later)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set dim=32")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def check_scale(scale: str) -> str:
-    if scale not in SCALES:
-        raise UserError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
-    return scale
 
 
 @dataclass

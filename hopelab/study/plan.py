@@ -14,7 +14,8 @@ from typing import Any
 from hopelab.config import apply_overrides, get_scale
 from hopelab.errors import UserError
 from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunSpec
-from hopelab.study.definition import Cell, Study, check_scale, split_overrides
+from hopelab.config import check_scale, split_overrides
+from hopelab.study.definition import FORBIDDEN_KEYS, Cell, Study
 from hopelab.study.locks import held_by_other
 
 LOCKS_DIR = ".locks"  # under the study root, outside the run directories that training owns
@@ -76,7 +77,7 @@ def plan_runs(
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
-    set_model, set_train = split_overrides(overrides or {}, "--set")
+    set_model, set_train = split_overrides(overrides or {}, "--set", FORBIDDEN_KEYS)
     if steps is not None:
         set_train["steps"] = steps
     runs: list[PlannedRun] = []
