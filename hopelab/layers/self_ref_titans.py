@@ -23,10 +23,10 @@ Choices written down:
 - The surprise gate (hopelab.ops.surprise) scales each token's write.
 - One fast state per sample: the meta-learned initial states (parameters) are expanded over the batch and
   every update is per sample. Gradients reach the initial states through every in-sequence update.
-- chunk_grad="mean" (default): the C inner gradients of a chunk, all taken at the chunk-start state, are
-  averaged (each token writes η_t/C of its gradient), as TTT's mini-batch GD does; the DGD preconditioner
-  (α_t I − η_t k_t k_tᵀ) still acts token by token with η_t. "sum" is Eq 90 literally: C coherent steps at one
-  state, which diverges within a few chunks once C·η_t exceeds ~2 (measured: η = 0.9, C = 16).
+- chunk_grad="mean" (default): a chunk is one DGD step of size η on the mean of its C token losses, as in
+  TTT's mini-batch GD: every token's write (gradient and preconditioner alike) uses η_t/C. "sum" is Eq 90
+  literally: C coherent gradient steps taken at one state, which diverges once C·η_t grows (measured at
+  C = 16, T = 512: NaN for η ≥ 0.5 in HOPE and for every η in Titans with momentum).
 - inner_grad="full" differentiates through the inner gradients (second-order terms, ~1.3x the first-order
   backward here, since the inner gradients are closed-form); "first_order" treats the inner-loss error
   signals (e, δ, σ(W2 k)) as constants, as first-order MAML does.
@@ -224,8 +224,8 @@ class SelfReferentialTitans(nn.Module):
             gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
             eta_w = eta * gate[:, None, :]  # [B, H, n]   gated η
             log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
-            if cfg.chunk_grad == "mean":  # the chunk's C gradients share one state: average them
-                error = error / C
+            if cfg.chunk_grad == "mean":  # one DGD step of size η on the chunk's mean loss: η_t/C per token
+                eta_w = eta_w / C
             if first_order:
                 error = error.detach()
                 pre_k = pre_k.detach() if pre_k is not None else None
