@@ -126,16 +126,16 @@ def _machine() -> dict:
     return info
 
 
-def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: bool, console) -> Path:
+def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: bool, console, reference: bool = True) -> Path:
     from rich.progress import Progress
 
     rows = []
-    total = repeats * len(variants) + 2 * (repeats + 1)
+    total = repeats * len(variants) + (2 * (repeats + 1) if reference else 0)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("benchmarking", total=total)
         step = lambda: bar.advance(task)  # noqa: E731
         timings = train_step_timings(variants, scale, repeats, device, step)
-        impl = chunked_vs_reference(scale, repeats, device, step)
+        impl = chunked_vs_reference(scale, repeats, device, step) if reference else None
     cfg = get_scale(scale)
     tokens = cfg.train.batch_size * cfg.model.context_len
     base = statistics.median(timings["transformer"]["times"]) if "transformer" in timings else None
@@ -146,18 +146,23 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
                  ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes")]
         if base:
             rows.append(("train_step", v, "ratio_to_transformer", med / base, "x"))
-    c, r = statistics.median(impl["chunked"]), statistics.median(impl["reference"])
-    rows += [("chunked_vs_reference", "hope", "chunked_s_median", c, "s"),
-             ("chunked_vs_reference", "hope", "reference_s_median", r, "s"),
-             ("chunked_vs_reference", "hope", "speedup", r / c, "x")]
+    if impl is not None:
+        c, r = statistics.median(impl["chunked"]), statistics.median(impl["reference"])
+        rows += [("chunked_vs_reference", "hope", "chunked_s_median", c, "s"),
+                 ("chunked_vs_reference", "hope", "reference_s_median", r, "s"),
+                 ("chunked_vs_reference", "hope", "speedup", r / c, "x")]
     if probes:
         try:
             from hopelab.lit.bench import probe_overhead
 
-            res = probe_overhead(scale=scale)
+            cfg = get_scale(scale)
+            steps = 2 * cfg.train.ckpt_every  # two checkpoints at the scale's default cadence
+            res = probe_overhead(scale=scale, steps=steps)
             on, off = res["with_probes_s"], res["without_probes_s"]
-            rows += [("probe_overhead", "hope", "with_probes_s", on, "s"), ("probe_overhead", "hope", "without_probes_s", off, "s"),
-                     ("probe_overhead", "hope", "overhead", on / off - 1.0, "fraction")]
+            rows += [("probe_overhead", "hope", "steps", steps, "count"),
+                     ("probe_overhead", "hope", "with_probes_s", on, "s"), ("probe_overhead", "hope", "without_probes_s", off, "s"),
+                     ("probe_overhead", "hope", "overhead", on / off - 1.0, "fraction"),
+                     ("probe_overhead", "hope", "probe_share", res["probe_share"], "fraction")]
         except Exception as err:  # the bench reports what it could measure
             console.print(f"[yellow]probe overhead not measured: {err}")
     if audit:

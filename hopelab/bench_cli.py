@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("reports/bench"), help="where bench-<scale>.parquet and README-<scale>.md go"),
         probes: bool = typer.Option(True, help="measure probe overhead (a short training with and without)"),
         audit: bool = typer.Option(True, help="time `hopelab audit` on a small-scale HOPE"),
+        reference: bool = typer.Option(True, help="time hope's chunked fast path against the token-by-token reference"),
         threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
     ) -> None:
         """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,
@@ -43,6 +44,6 @@ def register(app: typer.Typer) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but torch sees no CUDA device")
         console = Console(stderr=True)
-        path = run_bench(scale, names, repeats, device, out, probes, audit, console)
+        path = run_bench(scale, names, repeats, device, out, probes, audit, console, reference)
         typer.echo(Path(path).read_text())
         console.print(f"wrote {path}")
