@@ -3,7 +3,12 @@ gradient descent with momentum and weight decay (hopelab.ops.momentum), chunk-wi
 
     k_t, v_t, q_t = x_t W_k, x_t W_v, x_t W_q  (k, v, q L2-normalised per head, as in HOPE)
     θ_t, β_t, a_t = per-token, per-head learning rate, momentum and (1 − decay), from static projections
-    S_t = β_t S_{t-1} − θ_t ∇L(M; k_t, v_t),  M_t = a_t M_{t-1} + S_t,  o_t = M_t(q_t),  M(z) = z + W1 σ(W2 z)
+    S_t = β_t S_{t-1} − (1 − β_t) θ_t ∇L(M; k_t, v_t),  M_t = a_t M_{t-1} + S_t,  o_t = M_t(q_t),
+    M(z) = z + W1 σ(W2 z)
+
+The momentum is normalised as an exponential moving average of gradients, so θ_t is the step size whatever
+β_t is. Titans' raw form (S_t = β_t S_{t-1} − θ_t ∇L) multiplies the step by up to 1/(1 − β_t) and diverged
+in training here (NaN at step 13 of the tiny ablation with θ = 0.5, β = 0.9).
 """
 
 from __future__ import annotations
@@ -88,8 +93,9 @@ class TitansMemory(nn.Module):
             delta = mlp_memory_inner_grad(W1, pre_k, error)  # [B, H, n, h]
             if cfg.inner_grad == "first_order":
                 error, delta, hidden_k = error.detach(), delta.detach(), hidden_k.detach()
-            p, W2n, S2 = chunk_op(W2, S2, k, delta, lr, lb, lk, q)  # p_t = W2_t q_t
-            r, W1n, S1 = chunk_op(W1, S1, hidden_k, error, lr, lb, lk, act(p))
+            step = lr * -torch.expm1(lb)  # θ_t (1 − β_t): the momentum is an average of gradients
+            p, W2n, S2 = chunk_op(W2, S2, k, delta, step, lb, lk, q)  # p_t = W2_t q_t
+            r, W1n, S1 = chunk_op(W1, S1, hidden_k, error, step, lb, lk, act(p))
             W1, W2 = W1n, W2n
             outs.append(q + r)  # o_t = M_t(q_t)
             if self._trace is not None and end - start == C:

@@ -2,7 +2,8 @@
 
 For every token t of a chunk, with the inner gradient ∇L_t = g_t k_tᵀ taken at the chunk-start state (Eq 90),
 
-    S_t = β_t S_{t-1} − θ_t g_t k_tᵀ        (momentum: "surprise" accumulated over tokens)
+    S_t = β_t S_{t-1} − θ_t g_t k_tᵀ        (momentum: "surprise" accumulated over tokens; θ_t is the
+                                             caller's step, e.g. lr·(1 − β_t) for an averaging momentum)
     M_t = a_t M_{t-1} + S_t                  (a_t = 1 − weight decay)
     read_t = M_t q_t                         (includes tokens s ≤ t, never s > t)
 
