@@ -23,13 +23,6 @@ FIX = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def run(spec: str, **kw):

@@ -12,12 +12,6 @@ from hopelab.models import VARIANTS, build_model
 TINY = dict(vocab_size=64, dim=32, n_layers=1, n_heads=4, context_len=64, chunk_size=8, cms_periods=(4, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -31,13 +31,6 @@ from hopelab.models import VARIANTS
 CFG = ModelConfig(vocab_size=128, dim=16, n_layers=2, n_heads=2, context_len=32, chunk_size=8, cms_periods=(8, 16))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: far faster on a small, shared CPU (and deterministic)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_ctx(tmp_path, B: int = 3, T: int = 32, seed: int = 0) -> ProbeContext:
