@@ -44,7 +44,7 @@ class ModelConfig:
     selfmod: bool = True  # False: static k, v, q, η, α projections and v̂ = v; only M_memory adapts
     # --- surprise gate (per-token inner loss of M_memory)
     surprise_mode: SurpriseMode = "absolute"
-    surprise_threshold: float = 0.02  # absolute: nats-free units of ½‖e‖² (see ops.surprise); relative: z
+    surprise_threshold: float = 0.02  # absolute: in surprise units, ½‖M(k) − v̂‖² (ops.surprise); relative: a z
     # --- Continuum Memory System (Eq 70-71)
     use_cms: bool = True  # False: a static MLP of the same width replaces the CMS
     cms_periods: tuple[int, ...] = (8, 32)  # C_ℓ: level ℓ updates its fast weights every C_ℓ tokens
