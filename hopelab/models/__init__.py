@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
 from torch import nn
 
 from hopelab.config import ModelConfig, get_scale
@@ -57,18 +55,18 @@ def check_variant(variant: str) -> None:
 
 
 def build_model(variant: str, config: str | ModelConfig) -> nn.Module:
-    cfg = variant_config(variant, config)
-    builders: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+    """A fresh model of `variant` at a scale name or ModelConfig (the variant's switches applied)."""
     from hopelab.models.hope import HopeLM
     from hopelab.models.titans import TitansLM
     from hopelab.models.transformer import TransformerLM
 
-    for name in _HOPE_VARIANTS:
-        builders[name] = HopeLM
-    builders["titans"] = TitansLM
-    builders["transformer"] = TransformerLM
-    builders["transformer_matched"] = TransformerLM
-    model = builders[variant](cfg)
+    cfg = variant_config(variant, config)
+    if variant in _HOPE_VARIANTS:
+        model = HopeLM(cfg)
+    elif variant == "titans":
+        model = TitansLM(cfg)
+    else:  # transformer, transformer_matched (its width already solved by variant_config)
+        model = TransformerLM(cfg)
     model.variant = variant
     return model
 
