@@ -45,7 +45,7 @@ from torch import nn
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
-from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_inner_grad
+from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
 COMPONENTS = ("k", "v", "q", "eta", "alpha", "memory")
@@ -171,6 +171,13 @@ class SelfReferentialTitans(nn.Module):
         out = z.unsqueeze(2) + hidden @ mem["W1"].transpose(-1, -2)  # [B, H, M, n, d]  z + W1 σ(W2 z)
         return out, pre, hidden
 
+    def _apply_one(self, mem: dict, m: int, z: torch.Tensor) -> torch.Tensor:
+        """Memory m alone on z [B, H, n, d] -> [B, H, n, d]."""
+        st = self._per_memory(mem, m)
+        if self.cfg.memory == "linear":
+            return linear_memory_apply(st["W"], z)
+        return mlp_memory_apply(st["W1"], st["W2"], z)[0]
+
     def _rates(self, eta_feat, alpha_feat):
         """Per-token, per-head η_t ∈ (0, η_max) and log α_t, α_t ∈ (0, 1).  feats [B, H, n, d] -> [B, H, n]"""
         eta_logit = (eta_feat * self.eta_readout[:, None, :]).sum(-1) + self.eta_bias[:, None]
@@ -205,12 +212,12 @@ class SelfReferentialTitans(nn.Module):
             end = min(start + C, T)
             n = end - start
             if cfg.selfmod:
-                # projections with the chunk-start state: every memory on [x; q̃], keep k, v, η, α of x, q of q̃
-                proj, _, _ = self._apply_all(mem, torch.cat([xh[:, :, start:end], qh[:, :, start:end]], dim=2))
-                k = F.normalize(proj[:, :, 0, :n], dim=-1)  # [B, H, n, d]   k_t = M_k(x_t)
-                v = F.normalize(proj[:, :, 1, :n], dim=-1)  # v_t = M_v(x_t)
-                q = F.normalize(proj[:, :, 2, n:], dim=-1)  # q_t = M_q(x_t W_q)
-                eta, log_alpha = self._rates(proj[:, :, 3, :n], proj[:, :, 4, :n])  # [B, H, n]
+                # projections with the chunk-start state: the memories on x (k, v, η, α used), M_q on q̃
+                proj, _, _ = self._apply_all(mem, xh[:, :, start:end])  # [B, H, M, n, d]
+                k = F.normalize(proj[:, :, 0], dim=-1)  # [B, H, n, d]   k_t = M_k(x_t)
+                v = F.normalize(proj[:, :, 1], dim=-1)  # v_t = M_v(x_t)
+                q = F.normalize(self._apply_one(mem, 2, qh[:, :, start:end]), dim=-1)  # q_t = M_q(x_t W_q)
+                eta, log_alpha = self._rates(proj[:, :, 3], proj[:, :, 4])  # [B, H, n]
                 # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
                 both, pre, hidden = self._apply_all(mem, torch.cat([k, v], dim=2))
                 mk, v_hat = both[..., :n, :], both[..., n:, :]  # [B, H, M, n, d]

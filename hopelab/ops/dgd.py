@@ -67,10 +67,8 @@ class ChunkDecay:
 
 def chunk_decay(log_alpha: torch.Tensor) -> ChunkDecay:
     log_gamma = torch.cumsum(log_alpha, dim=-1)  # [..., C]
-    diff = log_gamma.unsqueeze(-1) - log_gamma.unsqueeze(-2)  # [..., C, C]   log γ_t − log γ_s
-    strict_mask, inclusive_mask = causal_log_masks(diff.shape[-1], diff)
-    inclusive = torch.exp(diff + inclusive_mask)
-    strict = torch.exp(diff - log_alpha.unsqueeze(-1) + strict_mask)  # log γ_{t-1} = log γ_t − log α_t
+    inclusive = _log_ratio_matrix(log_gamma, log_gamma, strict=False)  # γ_t/γ_s
+    strict = _log_ratio_matrix(log_gamma - log_alpha, log_gamma, strict=True)  # γ_{t-1}/γ_s
     return ChunkDecay(log_alpha, log_gamma, inclusive, strict)
 
 
