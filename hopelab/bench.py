@@ -155,7 +155,6 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
         try:
             from hopelab.lit.bench import probe_overhead
 
-            cfg = get_scale(scale)
             steps = 2 * cfg.train.ckpt_every  # two checkpoints at the scale's default cadence
             res = probe_overhead(scale=scale, steps=steps)
             on, off = res["with_probes_s"], res["without_probes_s"]

@@ -179,6 +179,10 @@ def coerce_value(section: str, key: str, value: Any) -> Any:
     """
     default = getattr(_defaults(section), key)
     where = f"{section} override {key}={value!r}"
+    if default is None:  # an optional int (e.g. mlp_hidden): "none" or an integer
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        default = 0
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")

@@ -263,3 +263,12 @@ def test_help_reads_well():
     assert "hopelab study ablation --scale small" in result.output and "list" in result.output
     result = runner.invoke(app, ["study", "ablation", "--help"], terminal_width=120)  # NAME routes to `run`
     assert result.exit_code == 0 and "--shard" in result.output and "--set" in result.output
+
+
+def test_optional_int_override_is_typed():
+    from hopelab.config import split_overrides
+
+    assert split_overrides({"mlp_hidden": "300"}) == ({"mlp_hidden": 300}, {})
+    assert split_overrides({"mlp_hidden": "none"}) == ({"mlp_hidden": None}, {})
+    with pytest.raises(UserError):
+        split_overrides({"mlp_hidden": "wide"})
