@@ -44,10 +44,8 @@ class CMSLevel(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple | None, pos0: int, first_order: bool):
         B = x.shape[0]
-        up, down = state if state is not None else (
-            self.init_up.expand(B, *self.init_up.shape),  # [B, h, D]
-            self.init_down.expand(B, *self.init_down.shape),  # [B, D, h]
-        )
+        # the initial state enters unexpanded ([h, D], [D, h]): the fast path broadcasts it over the batch
+        up, down = state if state is not None else (self.init_up, self.init_down)
         values = self.W_value(x)  # [B, T, D]
         lr = F.softplus(self.lr_raw)
         if self.impl == "reference":
@@ -57,7 +55,8 @@ class CMSLevel(nn.Module):
             if self._trace is not None:
                 record = lambda p, u, d: self._trace(pos0 + p, {"W_up": u.detach(), "W_down": d.detach()})  # noqa: E731
             branch, new = cms_level(x, values, up, down, self.b_up, self.b_down, lr, self.period, first_order, record)
-        return self.hook_out(branch), new
+        up, down = new  # [B, h, D], [B, D, h]; still unexpanded if no block was complete
+        return self.hook_out(branch), (up.expand(B, *self.init_up.shape), down.expand(B, *self.init_down.shape))
 
 
 class ContinuumMemory(nn.Module):

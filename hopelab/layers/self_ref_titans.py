@@ -48,7 +48,9 @@ from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference,
 from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
-COMPONENTS = ("k", "v", "q", "eta", "alpha", "memory")
+# the memories read x (k, v, η, α) come first, so one contiguous block of the stacked state serves them
+COMPONENTS = ("k", "v", "eta", "alpha", "q", "memory")
+X_READERS = 4  # k, v, η, α: the memories applied to x_t
 
 
 class CausalConv(nn.Module):
@@ -158,25 +160,23 @@ class SelfReferentialTitans(nn.Module):
         B, H, Md, d = mem["W"].shape
         return {"W": mem["W"].view(B, H, M, d, d)[:, :, m]}
 
-    def _apply_all(self, mem: dict, z: torch.Tensor):
-        """Every memory on the same inputs z [B, H, n, d] -> (out [B, H, M, n, d], pre [B, H, M, n, h] | None,
-        hidden [B, H, M, n, h] | None)."""
-        M = len(self.components)
+    def _memories_on(self, mem: dict, z: torch.Tensor, first: int = 0, count: int | None = None):
+        """Memories first … first+count−1 (all by default) on the same inputs z [B, H, n, d] ->
+        (out [B, H, m, n, d], pre [B, H, m, n, h] | None, hidden [B, H, m, n, h] | None,
+         pre_rows [B, H, n, m·h] | None: pre in the stacked-row layout, i.e. S_0 k for the W2 update)."""
+        count = len(self.components) - first if count is None else count
         B, H, n, d = z.shape
         if self.cfg.memory == "linear":
-            out = linear_memory_apply(mem["W"], z).view(B, H, n, M, d).transpose(2, 3)  # M(z) = W z
-            return out, None, None
-        pre = linear_memory_apply(mem["W2"], z).view(B, H, n, M, -1).transpose(2, 3)  # [B, H, M, n, h]  W2 z
+            W = mem["W"][:, :, first * d : (first + count) * d]  # [B, H, m·d, d]
+            out = linear_memory_apply(W, z).view(B, H, n, count, d).transpose(2, 3)  # M(z) = W z
+            return out, None, None, None
+        h = mem["W2"].shape[-2] // len(self.components)
+        pre_rows = linear_memory_apply(mem["W2"][:, :, first * h : (first + count) * h], z)  # [B, H, n, m·h]  W2 z
+        pre = pre_rows.view(B, H, n, count, h).transpose(2, 3).contiguous()  # [B, H, m, n, h]
         hidden = act(pre)
-        out = z.unsqueeze(2) + hidden @ mem["W1"].transpose(-1, -2)  # [B, H, M, n, d]  z + W1 σ(W2 z)
-        return out, pre, hidden
-
-    def _apply_one(self, mem: dict, m: int, z: torch.Tensor) -> torch.Tensor:
-        """Memory m alone on z [B, H, n, d] -> [B, H, n, d]."""
-        st = self._per_memory(mem, m)
-        if self.cfg.memory == "linear":
-            return linear_memory_apply(st["W"], z)
-        return mlp_memory_apply(st["W1"], st["W2"], z)[0]
+        W1 = mem["W1"][:, :, first : first + count]  # [B, H, m, d, h]
+        out = z.unsqueeze(2) + hidden @ W1.transpose(-1, -2)  # [B, H, m, n, d]  z + W1 σ(W2 z)
+        return out, pre, hidden, pre_rows
 
     def _rates(self, eta_feat, alpha_feat):
         """Per-token, per-head η_t ∈ (0, η_max) and log α_t, α_t ∈ (0, 1).  feats [B, H, n, d] -> [B, H, n]"""
@@ -208,26 +208,28 @@ class SelfReferentialTitans(nn.Module):
         keep = {n: _hooked(getattr(self, f"hook_{n}")) for n in ("k", "v", "q", "eta", "alpha", "surprise", "gate")}
         rec = {n: [] for n in keep}
         outs = []
-        for start in range(0, T, C):
-            end = min(start + C, T)
-            n = end - start
+        # per-chunk views by split, not slicing: backward concatenates once instead of zero-filling a
+        # full-size gradient per chunk
+        x_chunks, q_chunks = xh.split(C, dim=2), qh.split(C, dim=2)  # [B, H, n, d] each
+        for c, start in enumerate(range(0, T, C)):
+            n = x_chunks[c].shape[2]
+            end = start + n
             if cfg.selfmod:
-                # projections with the chunk-start state: the memories on x (k, v, η, α used), M_q on q̃
-                proj, _, _ = self._apply_all(mem, xh[:, :, start:end])  # [B, H, M, n, d]
-                k = F.normalize(proj[:, :, 0], dim=-1)  # [B, H, n, d]   k_t = M_k(x_t)
-                v = F.normalize(proj[:, :, 1], dim=-1)  # v_t = M_v(x_t)
-                q = F.normalize(self._apply_one(mem, 2, qh[:, :, start:end]), dim=-1)  # q_t = M_q(x_t W_q)
-                eta, log_alpha = self._rates(proj[:, :, 3], proj[:, :, 4])  # [B, H, n]
+                # projections with the chunk-start state: M_k, M_v, M_η, M_α on x, M_q on q̃
+                proj, _, _, _ = self._memories_on(mem, x_chunks[c], 0, X_READERS)  # [B, H, 4, n, d]
+                k_raw, v_raw, eta_feat, alpha_feat = proj.unbind(2)  # [B, H, n, d] each
+                k = F.normalize(k_raw, dim=-1)  # k_t = M_k(x_t)
+                v = F.normalize(v_raw, dim=-1)  # v_t = M_v(x_t)
+                q_idx = self.components.index("q")
+                q = F.normalize(self._memories_on(mem, q_chunks[c], q_idx, 1)[0].squeeze(2), dim=-1)  # q_t = M_q(x_t W_q)
+                eta, log_alpha = self._rates(eta_feat, alpha_feat)  # [B, H, n]
                 # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
-                both, pre, hidden = self._apply_all(mem, torch.cat([k, v], dim=2))
-                mk, v_hat = both[..., :n, :], both[..., n:, :]  # [B, H, M, n, d]
+                v_hat = self._memories_on(mem, v)[0]  # [B, H, M, n, d]
             else:
                 k, v, q = k_all[:, :, start:end], v_all[:, :, start:end], q_all[:, :, start:end]
                 eta, log_alpha = eta_all[:, :, start:end], log_alpha_all[:, :, start:end]
-                mk, pre, hidden = self._apply_all(mem, k)
                 v_hat = v.unsqueeze(2)  # v̂ = v
-            pre_k = pre[..., :n, :] if pre is not None else None  # [B, H, M, n, h]   W2 k
-            hidden_k = hidden[..., :n, :] if hidden is not None else None  # σ(W2 k)
+            mk, pre_k, hidden_k, S0k = self._memories_on(mem, k)  # [B, H, M, n, d]; W2 k, σ(W2 k) [B, H, M, n, h]
             error = mk - v_hat  # [B, H, M, n, d]
             surprise = surprise_from_error(error[:, :, -1].detach())  # [B, n]   M_memory's inner loss
             gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
@@ -241,7 +243,7 @@ class SelfReferentialTitans(nn.Module):
                 hidden_k = hidden_k.detach() if hidden_k is not None else None
             if cfg.memory == "mlp":
                 delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
-                read, mem = self._update_mlp(mem, k, q, error, delta, hidden_k, eta_w, log_alpha_w)
+                read, mem = self._update_mlp(mem, k, q, error, delta, hidden_k, S0k, eta_w, log_alpha_w)
                 o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
             else:
                 read, mem = self._update_linear(mem, k, q, error, eta_w, log_alpha_w)
@@ -267,7 +269,7 @@ class SelfReferentialTitans(nn.Module):
         B, H, M, n, r = t.shape
         return t.transpose(2, 3).reshape(B, H, n, M * r)
 
-    def _update_mlp(self, mem, keys, query, error, delta, hidden_k, eta_w, log_alpha_w):
+    def _update_mlp(self, mem, keys, query, error, delta, hidden_k, S0k, eta_w, log_alpha_w):
         W1, W2 = mem["W1"], mem["W2"]  # [B, H, M, d, h], [B, H, M·h, d]
         h = W1.shape[-1]
         g2 = self._stack_rows(delta)  # [B, H, n, M·h]
@@ -280,7 +282,7 @@ class SelfReferentialTitans(nn.Module):
             )
             return reads1[:, :, -1], {"W1": W1_end, "W2": W2_end}
         decay = chunk_decay(log_alpha_w)  # [B, H, ...], shared by both weights of all memories
-        w2 = dgd_chunk_factors(W2, keys, g2, eta_w, decay, precondition=True)  # [B, H, n, M·h]
+        w2 = dgd_chunk_factors(W2, keys, g2, eta_w, decay, precondition=True, S0k=S0k)  # [B, H, n, M·h]
         w1 = dgd_chunk_factors(W1, hidden_k, error, eta_w.unsqueeze(2), decay.unsqueeze(2), precondition=False)
         # reads only for M_memory (the last memory): p_t = W2_t q_t, then W1_t σ(p_t)
         p = dgd_read(W2[:, :, -h:], w2[..., -h:], keys, decay, query)  # [B, H, n, h]

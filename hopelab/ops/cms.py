@@ -40,32 +40,64 @@ def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
 
 
 def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None):
-    """Fast path: one batched block at a time. x, values [B, T, D]; up [B, h, D]; down [B, D, h].
+    """Fast path in dual form. x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h].
 
-    Returns (branch [B, T, D], (up, down) after the last complete block). `record(position, up, down)` is
-    called after each update when given. Same math as the reference, with fewer ops per block (bias folded
-    into baddbmm, x − v formed once for the whole sequence, 1/C folded into the step size).
+    Returns (branch [B, T, D], (up, down) after the last complete block [B, h, D], [B, D, h]).
+    `record(position, up, down)` is called after each update when given.
+
+    The fast weights are never materialised block by block. With s = lr/C and block i's factors
+    Δ_i = σ'(a_i) ⊙ (E_i W_down,i) [n, h], the errors E_i [n, D] and the hidden U_i = σ(a_i) [n, h],
+    the weights reached before block j are (Eq 71 unrolled)
+        W_up,j   = W_up,0   − s Σ_{i<j} Δ_iᵀ X_i          W_down,j = W_down,0 − s Σ_{i<j} E_iᵀ U_i
+    so block j reads them through inner products with earlier tokens, as linear attention does:
+        a_j      = X_j W_up,0ᵀ + b_up − s (X_j X_{<j}ᵀ) Δ_{<j}
+        branch_j = U_j W_down,0ᵀ + b_down − s (U_j U_{<j}ᵀ) E_{<j}
+        E_j W_down,j = E_j W_down,0 − s (E_j E_{<j}ᵀ) U_{<j}
+    Same math as the reference; O(T²) inner products instead of one [h, D] weight pair per block.
     """
-    T = x.shape[1]
-    residual = x - values  # [B, T, D]   e_t = branch_t + (x_t − v_t)
+    B, T, D = x.shape
     step = lr / period  # the block's gradients are averaged (Eq 71 with η/C)
+    residual = x - values  # [B, T, D]   e_t = branch_t + (x_t − v_t)
+    x_hist = x.detach() if first_order else x  # the inputs as they enter the updates
+    # per-block views by split, not slicing: one gradient concatenation instead of a zero-filled full-size
+    # gradient per block
+    pre_init = (torch.matmul(x, up.transpose(-1, -2)) + b_up).split(period, dim=1)  # [B, n, h]  a_t under W_up,0
+    gram = torch.matmul(x, x_hist.transpose(-1, -2)).split(period, dim=1)  # [B, n, T]   x_t · x_s
+    residual = residual.split(period, dim=1)  # [B, n, D]
     outs = []
-    for start in range(0, T, period):
-        xb = x[:, start : start + period]  # [B, n, D]
-        pre = torch.baddbmm(b_up, xb, up.transpose(-1, -2))  # [B, n, h]
-        hidden = act(pre)
-        branch = torch.baddbmm(b_down, hidden, down.transpose(-1, -2))  # [B, n, D]
+    deltas = errs = hiddens = None  # [B, (complete tokens so far), h | D | h]: Δ_{<j}, E_{<j}, U_{<j}
+    for j, start in enumerate(range(0, T, period)):
+        end = min(start + period, T)
+        pre = pre_init[j]  # [B, n, h]
+        if start:
+            pre = pre - step * (gram[j][..., :start] @ deltas)  # − s (X_j X_{<j}ᵀ) Δ_{<j}
+        hidden = act(pre)  # [B, n, h]
+        branch = torch.matmul(hidden, down.transpose(-1, -2)) + b_down  # [B, n, D]
+        if start:
+            branch = branch - step * ((hidden @ hiddens.transpose(-1, -2)) @ errs)  # − s (U_j U_{<j}ᵀ) E_{<j}
         outs.append(branch)
-        if xb.shape[1] == period:  # Eq 71: update only when the block is complete
-            err = branch + residual[:, start : start + period]  # [B, n, D]
-            if first_order:
-                err, pre, hidden, xb = err.detach(), pre.detach(), hidden.detach(), xb.detach()
-            delta = act_grad_times(err @ down, pre)  # [B, n, h]   σ'(a) ⊙ W_downᵀ e
-            up = up - step * (delta.transpose(-1, -2) @ xb)  # Σ δ_t x_tᵀ
-            down = down - step * (err.transpose(-1, -2) @ hidden)  # Σ e_t u_tᵀ
-            if record is not None:
-                record(start + period, up, down)
-    return torch.cat(outs, dim=1), (up, down)
+        if end - start < period:  # Eq 71: only a complete block updates
+            break
+        err = branch + residual[j]  # [B, n, D]   E_j
+        if first_order:
+            err, pre, hidden = err.detach(), pre.detach(), hidden.detach()
+        err_down = torch.matmul(err, down)  # [B, n, h]   E_j W_down,j ...
+        if start:
+            err_down = err_down - step * ((err @ errs.transpose(-1, -2)) @ hiddens)  # ... with its history
+        delta = act_grad_times(err_down, pre)  # [B, n, h]   Δ_j = σ'(a_j) ⊙ E_j W_down,j
+        deltas = delta if deltas is None else torch.cat([deltas, delta], dim=1)
+        errs = err if errs is None else torch.cat([errs, err], dim=1)
+        hiddens = hidden if hiddens is None else torch.cat([hiddens, hidden], dim=1)
+        if record is not None:
+            record(end, *_cms_state(up, down, step, deltas, errs, hiddens, x_hist[:, :end]))
+    new_state = (up, down) if deltas is None else _cms_state(up, down, step, deltas, errs, hiddens,
+                                                              x_hist[:, : deltas.shape[1]])
+    return torch.cat(outs, dim=1), new_state
+
+
+def _cms_state(up, down, step, deltas, errs, hiddens, inputs):
+    """The fast weights after the blocks whose factors are given: W_up,0 − s Δᵀ X, W_down,0 − s Eᵀ U."""
+    return up - step * (deltas.transpose(-1, -2) @ inputs), down - step * (errs.transpose(-1, -2) @ hiddens)
 
 
 def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False):

@@ -79,12 +79,14 @@ def dgd_chunk_factors(
     eta: torch.Tensor,  # [..., C]        η_t (already gated)
     decay: ChunkDecay,  # of the (gated) α_t
     precondition: bool = True,  # λ_t = η_t (DGD) or 0 (decay only)
+    S0k: torch.Tensor | None = None,  # [..., C, out]  S_0 k_t, when the caller already has it
 ) -> torch.Tensor:
     """The WY vectors w [..., C, out] that, with the decays, represent every S_t of the chunk."""
     w = -eta.unsqueeze(-1) * grads  # [..., C, out]  right-hand side without the preconditioner
     if precondition:
         gamma_prev = torch.exp(decay.log_gamma - decay.log_alpha)  # [..., C]   γ_{t-1}
-        S0k = keys @ S0.transpose(-1, -2)  # [..., C, out]  S_0 k_t
+        if S0k is None:
+            S0k = keys @ S0.transpose(-1, -2)  # [..., C, out]  S_0 k_t
         w = w - (eta * gamma_prev).unsqueeze(-1) * S0k
         kk = keys @ keys.transpose(-1, -2)  # [..., C, C]    k_tᵀ k_s
         lower = eta.unsqueeze(-1) * decay.strict * kk  # [..., C, C]  strictly lower; unit diagonal implied

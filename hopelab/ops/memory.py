@@ -43,9 +43,32 @@ def mlp_memory_apply(W1: torch.Tensor, W2: torch.Tensor, z: torch.Tensor):
     return out, pre, hidden
 
 
+class _ActGradTimes(torch.autograd.Function):
+    """σ'(pre) ⊙ upstream with a cheap backward. aten.gelu_backward computes the product in one kernel, but
+    its own autograd formula (GeluBackwardBackward) measured ~10x slower than this one:
+        ∂/∂upstream = σ'(pre) ⊙ g,    ∂/∂pre = σ''(pre) ⊙ upstream ⊙ g,    σ''(x) = φ(x) (2 − x²)
+    """
+
+    @staticmethod
+    def forward(ctx, upstream, pre):
+        ctx.save_for_backward(upstream, pre)
+        return torch.ops.aten.gelu_backward(upstream, pre)
+
+    @staticmethod
+    def backward(ctx, grad):
+        upstream, pre = ctx.saved_tensors
+        grad_upstream = grad_pre = None
+        if ctx.needs_input_grad[0]:
+            grad_upstream = torch.ops.aten.gelu_backward(grad, pre)  # σ'(pre) ⊙ g
+        if ctx.needs_input_grad[1]:
+            square = pre * pre
+            grad_pre = torch.exp(-0.5 * square).mul_(_INV_SQRT_2PI).mul_(2.0 - square).mul_(upstream).mul_(grad)
+        return grad_upstream, grad_pre
+
+
 def act_grad_times(upstream: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    """σ'(pre) ⊙ upstream in one fused kernel (aten.gelu_backward), twice differentiable."""
-    return torch.ops.aten.gelu_backward(upstream, pre)
+    """σ'(pre) ⊙ upstream, differentiable once in both arguments (the outer loss needs σ'' but never σ''')."""
+    return _ActGradTimes.apply(upstream, pre)
 
 
 def mlp_memory_inner_grad(W1: torch.Tensor, pre_k: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
