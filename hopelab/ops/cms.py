@@ -65,39 +65,41 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     gram = torch.matmul(x, x_hist.transpose(-1, -2)).split(period, dim=1)  # [B, n, T]   x_t · x_s
     residual = residual.split(period, dim=1)  # [B, n, D]
     outs = []
-    deltas = errs = hiddens = None  # [B, (complete tokens so far), h | D | h]: Δ_{<j}, E_{<j}, U_{<j}
+    # histories of the complete blocks so far, the step folded in: s Δ_{<j} [B, t, h], s E_{<j} [B, t, D], U_{<j}
+    s_deltas = s_errs = hiddens = None
     for j, start in enumerate(range(0, T, period)):
         end = min(start + period, T)
         pre = pre_init[j]  # [B, n, h]
         if start:
-            pre = pre - step * (gram[j][..., :start] @ deltas)  # − s (X_j X_{<j}ᵀ) Δ_{<j}
+            pre = torch.baddbmm(pre, gram[j][..., :start], s_deltas, alpha=-1)  # − s (X_j X_{<j}ᵀ) Δ_{<j}
         hidden = act(pre)  # [B, n, h]
         branch = torch.matmul(hidden, down.transpose(-1, -2)) + b_down  # [B, n, D]
-        if start:
-            branch = branch - step * ((hidden @ hiddens.transpose(-1, -2)) @ errs)  # − s (U_j U_{<j}ᵀ) E_{<j}
+        if start:  # − s (U_j U_{<j}ᵀ) E_{<j}
+            branch = torch.baddbmm(branch, hidden @ hiddens.transpose(-1, -2), s_errs, alpha=-1)
         outs.append(branch)
         if end - start < period:  # Eq 71: only a complete block updates
             break
         err = branch + residual[j]  # [B, n, D]   E_j
         if first_order:
             err, pre, hidden = err.detach(), pre.detach(), hidden.detach()
-        err_down = torch.matmul(err, down)  # [B, n, h]   E_j W_down,j ...
-        if start:
-            err_down = err_down - step * ((err @ errs.transpose(-1, -2)) @ hiddens)  # ... with its history
+        err_down = torch.matmul(err, down)  # [B, n, h]   E_j W_down,0 ...
+        if start:  # ... − s (E_j E_{<j}ᵀ) U_{<j} = E_j W_down,j
+            err_down = torch.baddbmm(err_down, err @ s_errs.transpose(-1, -2), hiddens, alpha=-1)
         delta = act_grad_times(err_down, pre)  # [B, n, h]   Δ_j = σ'(a_j) ⊙ E_j W_down,j
-        deltas = delta if deltas is None else torch.cat([deltas, delta], dim=1)
-        errs = err if errs is None else torch.cat([errs, err], dim=1)
+        s_delta, s_err = step * delta, step * err
+        s_deltas = s_delta if s_deltas is None else torch.cat([s_deltas, s_delta], dim=1)
+        s_errs = s_err if s_errs is None else torch.cat([s_errs, s_err], dim=1)
         hiddens = hidden if hiddens is None else torch.cat([hiddens, hidden], dim=1)
         if record is not None:
-            record(end, *_cms_state(up, down, step, deltas, errs, hiddens, x_hist[:, :end]))
-    new_state = (up, down) if deltas is None else _cms_state(up, down, step, deltas, errs, hiddens,
-                                                              x_hist[:, : deltas.shape[1]])
+            record(end, *_cms_state(up, down, s_deltas, s_errs, hiddens, x_hist[:, :end]))
+    new_state = (up, down) if hiddens is None else _cms_state(up, down, s_deltas, s_errs, hiddens,
+                                                              x_hist[:, : hiddens.shape[1]])
     return torch.cat(outs, dim=1), new_state
 
 
-def _cms_state(up, down, step, deltas, errs, hiddens, inputs):
+def _cms_state(up, down, s_deltas, s_errs, hiddens, inputs):
     """The fast weights after the blocks whose factors are given: W_up,0 − s Δᵀ X, W_down,0 − s Eᵀ U."""
-    return up - step * (deltas.transpose(-1, -2) @ inputs), down - step * (errs.transpose(-1, -2) @ hiddens)
+    return up - s_deltas.transpose(-1, -2) @ inputs, down - s_errs.transpose(-1, -2) @ hiddens
 
 
 def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False):

@@ -57,6 +57,7 @@ class _ActGradTimes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         upstream, pre = ctx.saved_tensors
+        grad = grad.contiguous()  # it often arrives as a transposed view; strided elementwise kernels are slow
         grad_upstream = grad_pre = None
         if ctx.needs_input_grad[0]:
             grad_upstream = torch.ops.aten.gelu_backward(grad, pre)  # σ'(pre) ⊙ g
