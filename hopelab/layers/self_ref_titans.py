@@ -160,22 +160,33 @@ class SelfReferentialTitans(nn.Module):
         B, H, Md, d = mem["W"].shape
         return {"W": mem["W"].view(B, H, M, d, d)[:, :, m]}
 
-    def _memories_on(self, mem: dict, z: torch.Tensor, first: int = 0, count: int | None = None):
-        """Memories first … first+count−1 (all by default) on the same inputs z [B, H, n, d] ->
+    def _groups(self, mem: dict) -> dict[str, dict[str, torch.Tensor]]:
+        """The fast state split into the groups of memories read together: "x" (k, v, η, α), "q", "memory".
+        One split per chunk: its backward concatenates once, where a slice per use would zero-fill a
+        full-size gradient each."""
+        sizes = [X_READERS, 1, 1] if self.cfg.selfmod else [1]
+        names = ["x", "q", "memory"] if self.cfg.selfmod else ["memory"]
+        if self.cfg.memory == "linear":
+            d = mem["W"].shape[-1]
+            return {g: {"W": W} for g, W in zip(names, mem["W"].split([m * d for m in sizes], dim=2))}
+        h = mem["W1"].shape[-1]
+        W1s, W2s = mem["W1"].split(sizes, dim=2), mem["W2"].split([m * h for m in sizes], dim=2)
+        return {g: {"W1": W1, "W2": W2} for g, W1, W2 in zip(names, W1s, W2s)}
+
+    def _memories_on(self, mem: dict, z: torch.Tensor):
+        """Every memory of the (stacked) state `mem` on the same inputs z [B, H, n, d] ->
         (out [B, H, m, n, d], pre [B, H, m, n, h] | None, hidden [B, H, m, n, h] | None,
          pre_rows [B, H, n, m·h] | None: pre in the stacked-row layout, i.e. S_0 k for the W2 update)."""
-        count = len(self.components) - first if count is None else count
         B, H, n, d = z.shape
         if self.cfg.memory == "linear":
-            W = mem["W"][:, :, first * d : (first + count) * d]  # [B, H, m·d, d]
-            out = linear_memory_apply(W, z).view(B, H, n, count, d).transpose(2, 3)  # M(z) = W z
+            count = mem["W"].shape[-2] // d
+            out = linear_memory_apply(mem["W"], z).view(B, H, n, count, d).transpose(2, 3)  # M(z) = W z
             return out, None, None, None
-        h = mem["W2"].shape[-2] // len(self.components)
-        pre_rows = linear_memory_apply(mem["W2"][:, :, first * h : (first + count) * h], z)  # [B, H, n, m·h]  W2 z
+        count, h = mem["W1"].shape[2], mem["W1"].shape[-1]
+        pre_rows = linear_memory_apply(mem["W2"], z)  # [B, H, n, m·h]  W2 z
         pre = pre_rows.view(B, H, n, count, h).transpose(2, 3).contiguous()  # [B, H, m, n, h]
         hidden = act(pre)
-        W1 = mem["W1"][:, :, first : first + count]  # [B, H, m, d, h]
-        out = z.unsqueeze(2) + hidden @ W1.transpose(-1, -2)  # [B, H, m, n, d]  z + W1 σ(W2 z)
+        out = z.unsqueeze(2) + hidden @ mem["W1"].transpose(-1, -2)  # [B, H, m, n, d]  z + W1 σ(W2 z)
         return out, pre, hidden, pre_rows
 
     def _rates(self, eta_feat, alpha_feat):
@@ -214,14 +225,14 @@ class SelfReferentialTitans(nn.Module):
         for c, start in enumerate(range(0, T, C)):
             n = x_chunks[c].shape[2]
             end = start + n
+            groups = self._groups(mem)
             if cfg.selfmod:
                 # projections with the chunk-start state: M_k, M_v, M_η, M_α on x, M_q on q̃
-                proj, _, _, _ = self._memories_on(mem, x_chunks[c], 0, X_READERS)  # [B, H, 4, n, d]
+                proj, _, _, _ = self._memories_on(groups["x"], x_chunks[c])  # [B, H, 4, n, d]
                 k_raw, v_raw, eta_feat, alpha_feat = proj.unbind(2)  # [B, H, n, d] each
                 k = F.normalize(k_raw, dim=-1)  # k_t = M_k(x_t)
                 v = F.normalize(v_raw, dim=-1)  # v_t = M_v(x_t)
-                q_idx = self.components.index("q")
-                q = F.normalize(self._memories_on(mem, q_chunks[c], q_idx, 1)[0].squeeze(2), dim=-1)  # q_t = M_q(x_t W_q)
+                q = F.normalize(self._memories_on(groups["q"], q_chunks[c])[0].squeeze(2), dim=-1)  # q_t = M_q(x_t W_q)
                 eta, log_alpha = self._rates(eta_feat, alpha_feat)  # [B, H, n]
                 # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
                 v_hat = self._memories_on(mem, v)[0]  # [B, H, M, n, d]
@@ -243,10 +254,10 @@ class SelfReferentialTitans(nn.Module):
                 hidden_k = hidden_k.detach() if hidden_k is not None else None
             if cfg.memory == "mlp":
                 delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
-                read, mem = self._update_mlp(mem, k, q, error, delta, hidden_k, S0k, eta_w, log_alpha_w)
+                read, mem = self._update_mlp(mem, groups["memory"], k, q, error, delta, hidden_k, S0k, eta_w, log_alpha_w)
                 o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
             else:
-                read, mem = self._update_linear(mem, k, q, error, eta_w, log_alpha_w)
+                read, mem = self._update_linear(mem, groups["memory"], k, q, error, eta_w, log_alpha_w)
                 o = read  # o_t = W_memory,t q_t
             outs.append(o)  # [B, H, n, d]
             if self._trace is not None and n == C:
@@ -269,7 +280,7 @@ class SelfReferentialTitans(nn.Module):
         B, H, M, n, r = t.shape
         return t.transpose(2, 3).reshape(B, H, n, M * r)
 
-    def _update_mlp(self, mem, keys, query, error, delta, hidden_k, S0k, eta_w, log_alpha_w):
+    def _update_mlp(self, mem, reader, keys, query, error, delta, hidden_k, S0k, eta_w, log_alpha_w):
         W1, W2 = mem["W1"], mem["W2"]  # [B, H, M, d, h], [B, H, M·h, d]
         h = W1.shape[-1]
         g2 = self._stack_rows(delta)  # [B, H, n, M·h]
@@ -285,12 +296,12 @@ class SelfReferentialTitans(nn.Module):
         w2 = dgd_chunk_factors(W2, keys, g2, eta_w, decay, precondition=True, S0k=S0k)  # [B, H, n, M·h]
         w1 = dgd_chunk_factors(W1, hidden_k, error, eta_w.unsqueeze(2), decay.unsqueeze(2), precondition=False)
         # reads only for M_memory (the last memory): p_t = W2_t q_t, then W1_t σ(p_t)
-        p = dgd_read(W2[:, :, -h:], w2[..., -h:], keys, decay, query)  # [B, H, n, h]
-        read = dgd_read(W1[:, :, -1], w1[:, :, -1], hidden_k[:, :, -1], decay, act(p))  # [B, H, n, d]
+        p = dgd_read(reader["W2"], w2[..., -h:], keys, decay, query)  # [B, H, n, h]
+        read = dgd_read(reader["W1"].squeeze(2), w1[:, :, -1], hidden_k[:, :, -1], decay, act(p))  # [B, H, n, d]
         new = {"W1": dgd_end_state(W1, w1, hidden_k, decay.unsqueeze(2)), "W2": dgd_end_state(W2, w2, keys, decay)}
         return read, new
 
-    def _update_linear(self, mem, keys, query, error, eta_w, log_alpha_w):
+    def _update_linear(self, mem, reader, keys, query, error, eta_w, log_alpha_w):
         W = mem["W"]  # [B, H, M·d, d]; ∇W L = e kᵀ (Eq 93)
         d = W.shape[-1]
         g = self._stack_rows(error)  # [B, H, n, M·d]
@@ -299,7 +310,7 @@ class SelfReferentialTitans(nn.Module):
             return reads[..., -d:], {"W": W_end}
         decay = chunk_decay(log_alpha_w)
         w = dgd_chunk_factors(W, keys, g, eta_w, decay, precondition=True)
-        read = dgd_read(W[:, :, -d:], w[..., -d:], keys, decay, query)  # [B, H, n, d]
+        read = dgd_read(reader["W"], w[..., -d:], keys, decay, query)  # [B, H, n, d]
         return read, {"W": dgd_end_state(W, w, keys, decay)}
 
     def _emit_hooks(self, rec, keep, B, T, D):
