@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from hopelab.config import get_scale
+from hopelab.lit.module import lm_loss
 from hopelab.models import build_model, count_parameters, set_impl
 from hopelab.tables import write_parquet_atomic
 
@@ -38,8 +38,8 @@ def count_saved_activations():
 
 
 def _loss(model, x):
-    logits = model(x)  # [B, T, V]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+    """x [B, T+1], as the training sampler draws it: the loss training computes (no slicing of the logits)."""
+    return lm_loss(model(x[:, :-1]), x[:, 1:])
 
 
 def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
@@ -47,7 +47,7 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg.model.vocab_size, (B, T), generator=gen).to(device)
+    x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=gen).to(device)
     setups = {}
     for v in variants:
         torch.manual_seed(0)
@@ -80,7 +80,7 @@ def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None) -
     cfg = get_scale(scale)
     torch.manual_seed(0)
     model = build_model("hope", scale).to(device)
-    x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.context_len)).to(device)
+    x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.context_len + 1)).to(device)
     out = {"chunked": [], "reference": []}
     for r in range(repeats + 1):
         for impl in out:
