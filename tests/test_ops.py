@@ -95,15 +95,19 @@ def test_momentum_chunk_matches_reference(C):
     _assert_same(fast, ref, inputs)
 
 
-@pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10)])
+@pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10), (8, 5)])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_cms_level_matches_reference(period, T, first_order):
+@pytest.mark.parametrize("shared_init", [False, True])
+def test_cms_level_matches_reference(period, T, first_order, shared_init):
+    """The dual form equals Eq 71 token by token, with a per-sample state or one shared initial state
+    ([h, D], as the model passes its meta-learned θ_0), and when no block completes (T < period)."""
     torch.manual_seed(4)
     B, D, h = 2, 5, 8
+    lead = () if shared_init else (B,)
     x = torch.randn(B, T, D, dtype=DT, requires_grad=True)
     values = torch.randn(B, T, D, dtype=DT, requires_grad=True)
-    up = torch.randn(B, h, D, dtype=DT, requires_grad=True)
-    down = torch.randn(B, D, h, dtype=DT, requires_grad=True)
+    up = torch.randn(*lead, h, D, dtype=DT, requires_grad=True)
+    down = torch.randn(*lead, D, h, dtype=DT, requires_grad=True)
     b_up = torch.randn(h, dtype=DT, requires_grad=True)
     b_down = torch.randn(D, dtype=DT, requires_grad=True)
     lr = torch.tensor(0.3, dtype=DT, requires_grad=True)

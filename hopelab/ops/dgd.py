@@ -24,7 +24,7 @@ matrix products. Shapes carry leading batch dims `...` that broadcast (keys may 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -59,17 +59,20 @@ class ChunkDecay:
     log_gamma: torch.Tensor  # [..., C]       log γ_t, γ_t = Π_{r≤t} α_r
     inclusive: torch.Tensor  # [..., C, C]    γ_t/γ_s for s ≤ t, else 0
     strict: torch.Tensor  # [..., C, C]       γ_{t-1}/γ_s for s < t, else 0
+    gamma: torch.Tensor  # [..., C]           γ_t
+    gamma_prev: torch.Tensor  # [..., C]      γ_{t-1}
 
     def unsqueeze(self, dim: int) -> "ChunkDecay":
         """Insert a broadcast batch dim (e.g. over memories) at `dim` (a leading dim, counted from 0)."""
-        return ChunkDecay(*(t.unsqueeze(dim) for t in (self.log_alpha, self.log_gamma, self.inclusive, self.strict)))
+        return ChunkDecay(*(getattr(self, f.name).unsqueeze(dim) for f in fields(self)))
 
 
 def chunk_decay(log_alpha: torch.Tensor) -> ChunkDecay:
     log_gamma = torch.cumsum(log_alpha, dim=-1)  # [..., C]
     inclusive = _log_ratio_matrix(log_gamma, log_gamma, strict=False)  # γ_t/γ_s
-    strict = _log_ratio_matrix(log_gamma - log_alpha, log_gamma, strict=True)  # γ_{t-1}/γ_s
-    return ChunkDecay(log_alpha, log_gamma, inclusive, strict)
+    log_gamma_prev = log_gamma - log_alpha  # [..., C]
+    strict = _log_ratio_matrix(log_gamma_prev, log_gamma, strict=True)  # γ_{t-1}/γ_s
+    return ChunkDecay(log_alpha, log_gamma, inclusive, strict, torch.exp(log_gamma), torch.exp(log_gamma_prev))
 
 
 def dgd_chunk_factors(
@@ -84,10 +87,9 @@ def dgd_chunk_factors(
     """The WY vectors w [..., C, out] that, with the decays, represent every S_t of the chunk."""
     w = -eta.unsqueeze(-1) * grads  # [..., C, out]  right-hand side without the preconditioner
     if precondition:
-        gamma_prev = torch.exp(decay.log_gamma - decay.log_alpha)  # [..., C]   γ_{t-1}
         if S0k is None:
             S0k = keys @ S0.transpose(-1, -2)  # [..., C, out]  S_0 k_t
-        w = w - (eta * gamma_prev).unsqueeze(-1) * S0k
+        w = w - (eta * decay.gamma_prev).unsqueeze(-1) * S0k
         kk = keys @ keys.transpose(-1, -2)  # [..., C, C]    k_tᵀ k_s
         lower = eta.unsqueeze(-1) * decay.strict * kk  # [..., C, C]  strictly lower; unit diagonal implied
         w = torch.linalg.solve_triangular(lower, w, upper=False, unitriangular=True)  # [..., C, out]
@@ -97,14 +99,14 @@ def dgd_chunk_factors(
 def dgd_read(S0, w, keys, decay: ChunkDecay, queries) -> torch.Tensor:
     """read_t = S_t q_t = γ_t S_0 q_t + Σ_{s≤t} (γ_t/γ_s) (k_sᵀ q_t) w_s.  -> [..., C, out]"""
     scores = decay.inclusive * (queries @ keys.transpose(-1, -2))  # [..., C, C]
-    return torch.exp(decay.log_gamma).unsqueeze(-1) * (queries @ S0.transpose(-1, -2)) + scores @ w
+    return torch.addcmul(scores @ w, decay.gamma.unsqueeze(-1), queries @ S0.transpose(-1, -2))
 
 
 def dgd_end_state(S0, w, keys, decay: ChunkDecay) -> torch.Tensor:
     """S_C = γ_C S_0 + Σ_s (γ_C/γ_s) w_s k_sᵀ.  -> [..., out, in]"""
     to_end = decay.inclusive[..., -1, :]  # [..., C]   γ_C/γ_s
-    gamma_end = torch.exp(decay.log_gamma[..., -1])[..., None, None]  # [..., 1, 1]
-    return gamma_end * S0 + (to_end.unsqueeze(-1) * w).transpose(-1, -2) @ keys
+    gamma_end = decay.gamma[..., -1, None, None]  # [..., 1, 1]
+    return torch.addcmul((to_end.unsqueeze(-1) * w).transpose(-1, -2) @ keys, gamma_end, S0)
 
 
 def dgd_chunk(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
