@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from hopelab.config import get_scale
 from hopelab.lit.module import lm_loss
@@ -43,7 +44,9 @@ def _loss(model, x):
 
 
 def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
-    """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes}}."""
+    """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes,
+    matmul_flops}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a machine-independent
+    floor under the step's cost, against which the timed ratios show how efficiently each variant runs."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
@@ -53,13 +56,14 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
         torch.manual_seed(0)
         model = build_model(v, scale).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-        with count_saved_activations() as saved:
-            loss = _loss(model, x)  # warm-up step, also measures saved activations
-        loss.backward()
+        with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
+            with count_saved_activations() as saved:
+                loss = _loss(model, x)
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         setups[v] = {"model": model, "opt": opt, "times": [], "n_params": count_parameters(model),
-                     "activation_bytes": saved["bytes"]}
+                     "activation_bytes": saved["bytes"], "matmul_flops": flops.get_total_flops()}
     for r in range(repeats):
         for v in variants:
             s = setups[v]
@@ -72,7 +76,7 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
             s["times"].append(time.perf_counter() - t0)
             if progress:
                 progress()
-    return {v: {k: s[k] for k in ("times", "n_params", "activation_bytes")} for v, s in setups.items()}
+    return {v: {k: s[k] for k in ("times", "n_params", "activation_bytes", "matmul_flops")} for v, s in setups.items()}
 
 
 def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None) -> dict[str, list[float]]:
@@ -143,7 +147,9 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
         med = statistics.median(t["times"])
         rows += [("train_step", v, "step_s_median", med, "s"), ("train_step", v, "tokens_per_s", tokens / med, "tok/s"),
                  ("train_step", v, "n_params", t["n_params"], "count"),
-                 ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes")]
+                 ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes"),
+                 ("train_step", v, "matmul_flops", t["matmul_flops"], "FLOP"),
+                 ("train_step", v, "matmul_flops_per_s", t["matmul_flops"] / med, "FLOP/s")]
         if base:
             rows.append(("train_step", v, "ratio_to_transformer", med / base, "x"))
     if impl is not None:
@@ -194,11 +200,18 @@ def write_bench_report(rows, scale, repeats, out: Path) -> Path:
              "", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
              f"Medians over {repeats} interleaved repeats. Compare ratios measured in this one run only.", ""]
     step = df[df.section == "train_step"].pivot(index="variant", columns="metric", values="value")
-    lines += ["## Training step (fwd + bwd + AdamW)", "", "| variant | params | step (ms) | tokens/s | × transformer | saved activations (MB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["## Training step (fwd + bwd + AdamW)", "",
+              "GFLOP: matmul-type FLOPs of fwd + bwd (machine-independent); × transformer FLOP is the ratio the step "
+              "time would have if every variant ran its matmuls equally fast.", "",
+              "| variant | params | step (ms) | tokens/s | × transformer | GFLOP | × transformer FLOP | GFLOP/s "
+              "| saved activations (MB) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base_flops = step["matmul_flops"].get("transformer") if "transformer" in step.index else None
     for v, r in step.iterrows():
         ratio = f"{r['ratio_to_transformer']:.2f}" if "ratio_to_transformer" in r and r["ratio_to_transformer"] == r["ratio_to_transformer"] else "–"
+        flop_ratio = f"{r['matmul_flops'] / base_flops:.2f}" if base_flops else "–"
         lines.append(f"| {v} | {int(r['n_params']):,} | {1000 * r['step_s_median']:.1f} | {r['tokens_per_s']:.0f} | {ratio} | "
+                     f"{r['matmul_flops'] / 1e9:.2f} | {flop_ratio} | {r['matmul_flops_per_s'] / 1e9:.1f} | "
                      f"{r['activation_bytes'] / 2**20:.1f} |")
     other = df[df.section != "train_step"]
     lines += ["", "## Other measurements", "", "| section | variant | metric | value | unit |", "|---|---|---|---:|---|"]

@@ -1,9 +1,10 @@
-"""`hopelab bench` writes its Parquet and Markdown (what it measures is not asserted: no timed tests)."""
+"""`hopelab bench` writes its Parquet and Markdown. No timing is asserted (no timed tests); FLOP counts are."""
 
 import pandas as pd
 from typer.testing import CliRunner
 
 from hopelab.cli import app
+from hopelab.config import get_scale
 
 
 def test_bench_writes_parquet_and_markdown(tmp_path):
@@ -21,6 +22,15 @@ def test_bench_writes_parquet_and_markdown(tmp_path):
     ratio = step[(step.variant == "transformer") & (step.metric == "ratio_to_transformer")].value.item()
     assert ratio == 1.0
     assert (step[step.metric == "tokens_per_s"].value > 0).all()
+    # matmul FLOPs of the Transformer's fwd + bwd: at least the tied output layer's 6·B·T·D·V, at most 6 FLOPs per
+    # parameter and token plus causal attention's score and value products
+    cfg = get_scale("tiny")
+    B, T, D, V, L = (cfg.train.batch_size, cfg.model.context_len, cfg.model.dim, cfg.model.vocab_size,
+                     cfg.model.n_layers)
+    metric = lambda v, m: step[(step.variant == v) & (step.metric == m)].value.item()  # noqa: E731
+    flops = metric("transformer", "matmul_flops")
+    assert 6 * B * T * D * V <= flops <= 6 * B * T * metric("transformer", "n_params") + L * 3 * 4 * B * T * T * D
+    assert metric("titans", "matmul_flops") > flops  # the memory's updates cost more than attention at this size
     readme = (out / "README-tiny.md").read_text()
     assert "hopelab bench" in readme and "| titans |" in readme and "torch_threads" in readme
 
