@@ -65,7 +65,8 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
         setups[v] = {"model": model, "opt": opt, "times": [], "n_params": count_parameters(model),
                      "activation_bytes": saved["bytes"], "matmul_flops": flops.get_total_flops()}
     for r in range(repeats):
-        for v in variants:
+        for v in (variants if r % 2 == 0 else variants[::-1]):  # alternate the order: no variant always
+            # follows the same neighbour into a slow minute
             s = setups[v]
             _sync(device)
             t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
         impl = chunked_vs_reference(scale, repeats, device, step) if reference else None
     cfg = get_scale(scale)
     tokens = cfg.train.batch_size * cfg.model.context_len
-    base = statistics.median(timings["transformer"]["times"]) if "transformer" in timings else None
+    base = timings["transformer"]["times"] if "transformer" in timings else None
     for v, t in timings.items():
         med = statistics.median(t["times"])
         rows += [("train_step", v, "step_s_median", med, "s"), ("train_step", v, "tokens_per_s", tokens / med, "tok/s"),
@@ -150,13 +151,17 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
                  ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes"),
                  ("train_step", v, "matmul_flops", t["matmul_flops"], "FLOP"),
                  ("train_step", v, "matmul_flops_per_s", t["matmul_flops"] / med, "FLOP/s")]
-        if base:
-            rows.append(("train_step", v, "ratio_to_transformer", med / base, "x"))
+        if base:  # paired: step time over the Transformer's in the same repeat, then the median and quartiles
+            ratios = [a / b for a, b in zip(t["times"], base)]
+            q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            rows += [("train_step", v, "ratio_to_transformer", statistics.median(ratios), "x"),
+                     ("train_step", v, "ratio_q25", q1, "x"), ("train_step", v, "ratio_q75", q3, "x")]
     if impl is not None:
         c, r = statistics.median(impl["chunked"]), statistics.median(impl["reference"])
         rows += [("chunked_vs_reference", "hope", "chunked_s_median", c, "s"),
                  ("chunked_vs_reference", "hope", "reference_s_median", r, "s"),
-                 ("chunked_vs_reference", "hope", "speedup", r / c, "x")]
+                 ("chunked_vs_reference", "hope", "speedup",  # paired within each repeat, like the step ratios
+                  statistics.median(b / a for a, b in zip(impl["chunked"], impl["reference"])), "x")]
     if probes:
         try:
             from hopelab.lit.bench import probe_overhead
@@ -198,17 +203,20 @@ def write_bench_report(rows, scale, repeats, out: Path) -> Path:
     machine = _machine()
     lines = [f"# hopelab bench: {scale}", "", f"Command: `{' '.join(shlex.quote(a) for a in ['hopelab', *sys.argv[1:]])}`",
              "", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
-             f"Medians over {repeats} interleaved repeats. Compare ratios measured in this one run only.", ""]
+             f"Medians over {repeats} interleaved repeats (order reversed every other repeat). × transformer is "
+             "the median of per-repeat paired ratios, with their interquartile range. Compare ratios measured in "
+             "this one run only.", ""]
     step = df[df.section == "train_step"].pivot(index="variant", columns="metric", values="value")
     lines += ["## Training step (fwd + bwd + AdamW)", "",
               "GFLOP: matmul-type FLOPs of fwd + bwd (machine-independent); × transformer FLOP is the ratio the step "
               "time would have if every variant ran its matmuls equally fast.", "",
-              "| variant | params | step (ms) | tokens/s | × transformer | GFLOP | × transformer FLOP | GFLOP/s "
+              "| variant | params | step (ms) | tokens/s | × transformer (IQR) | GFLOP | × transformer FLOP | GFLOP/s "
               "| saved activations (MB) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base_flops = step["matmul_flops"].get("transformer") if "transformer" in step.index else None
     for v, r in step.iterrows():
-        ratio = f"{r['ratio_to_transformer']:.2f}" if "ratio_to_transformer" in r and r["ratio_to_transformer"] == r["ratio_to_transformer"] else "–"
+        ratio = (f"{r['ratio_to_transformer']:.2f} ({r['ratio_q25']:.2f}–{r['ratio_q75']:.2f})"
+                 if "ratio_to_transformer" in r and r["ratio_to_transformer"] == r["ratio_to_transformer"] else "–")
         flop_ratio = f"{r['matmul_flops'] / base_flops:.2f}" if base_flops else "–"
         lines.append(f"| {v} | {int(r['n_params']):,} | {1000 * r['step_s_median']:.1f} | {r['tokens_per_s']:.0f} | {ratio} | "
                      f"{r['matmul_flops'] / 1e9:.2f} | {flop_ratio} | {r['matmul_flops_per_s'] / 1e9:.1f} | "

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def bench(
         scale: str = typer.Option("tiny", help="tiny | small | scaled"),
         variants: str = typer.Option("all", help="comma-separated variant names, or 'all'"),
-        repeats: int = typer.Option(5, min=1, help="interleaved repeats; medians are reported"),
+        repeats: int = typer.Option(11, min=1, help="interleaved repeats; medians are reported"),
         device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
         out: Path = typer.Option(Path("reports/bench"), help="where bench-<scale>.parquet and README-<scale>.md go"),
         probes: bool = typer.Option(True, help="measure probe overhead (a short training with and without)"),
