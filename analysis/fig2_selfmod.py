@@ -18,7 +18,7 @@ from analysis.load import Study
 from analysis.select import focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, display_name, new_figure,
-                            panel_label, paper_style, save_figure)
+                            no_rows, panel_label, paper_style, save_figure)
 
 NUMBER = 2
 TITLE = "Self-modification"
@@ -71,7 +71,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             _by_component(ax, drift, "step", log_ok=True)
             ax.legend(title="component", ncol=2)
         else:
-            ax.text(0.5, 0.5, "no drift_init rows", ha="center", transform=ax.transAxes)
+            no_rows(ax, "drift_init")
         ax.set_xlabel("training step")
         ax.set_ylabel("‖θ_meta − θ_init‖₂, mean over layers")
         panel_label(ax, "a", "Meta-state drift from init")
@@ -82,7 +82,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
             ax.legend(title="component", ncol=2)
         else:
-            ax.text(0.5, 0.5, "no rel_drift_meta_fast rows", ha="center", transform=ax.transAxes)
+            no_rows(ax, "rel_drift_meta_fast")
         ax.set_xlabel("training step")
         ax.set_ylabel("‖θ_fast − θ_meta‖ / ‖θ_meta‖")
         panel_label(ax, "b", "Fast state vs meta state")
@@ -94,7 +94,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             step = int(pos["step"].max())
             ax.set_title(f"(c) By position, step {step}", loc="left")
         else:
-            ax.text(0.5, 0.5, "no per-position rows", ha="center", transform=ax.transAxes)
+            no_rows(ax, "per-position")
             panel_label(ax, "c", "By position")
         ax.set_xlabel("tokens consumed in the sequence")
         ax.set_ylabel("‖θ_fast − θ_meta‖ / ‖θ_meta‖")

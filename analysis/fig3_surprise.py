@@ -20,8 +20,8 @@ from analysis.artifacts import FigureOut, Skipped
 from analysis.load import Study
 from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seeds_note
 from analysis.summary import reference_run_name
-from analysis.style import (DPI, display_name, new_figure, panel_label, paper_style, run_colors, run_name_order,
-                            save_figure)
+from analysis.style import (DPI, display_name, new_figure, no_rows, panel_label, paper_style, run_colors,
+                            run_name_order, save_figure)
 
 NUMBER = 3
 TITLE = "Surprise gating"
@@ -95,7 +95,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
                 ax.axhline(tau, color="#C00000", ls="--", lw=1.5, label=f"threshold τ = {tau:g}")
                 ax.legend(loc="lower right")
         else:
-            ax.text(0.5, 0.5, "no surprise quantile rows", ha="center", transform=ax.transAxes)
+            no_rows(ax, "surprise quantile")
         ax.set_xlabel("layer")
         ax.set_ylabel("surprise ½‖M(kₜ) − v̂ₜ‖² (gate units)")
         panel_label(ax, "a", "Per-token surprise")
@@ -106,7 +106,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             _boxes(ax, ce, "#555555", [str(int(v)) if not math.isnan(v) else "all tokens" for v in ce["layer"]])
             ax.set_xlabel("layer" if ce["layer"].notna().any() else "")
         else:
-            ax.text(0.5, 0.5, "no ce_* rows", ha="center", transform=ax.transAxes)
+            no_rows(ax, "ce_*")
         ax.set_ylabel("per-token cross-entropy (nats)")
         panel_label(ax, "b", "Per-token LM loss")
 
@@ -131,7 +131,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             ax.set_ylim(-2, 102)
             ax.legend(loc="lower left")
         else:
-            ax.text(0.5, 0.5, "no gate_pass_rate rows", ha="center", transform=ax.transAxes)
+            no_rows(ax, "gate_pass_rate")
         ax.set_xlabel("surprise threshold τ (gate units, log scale)")
         ax.set_ylabel("tokens passing the gate (%)")
         panel_label(ax, "c", "Gate pass rate vs threshold")
@@ -156,7 +156,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             ax.fill_between(band["step"], 100 * band["min"], 100 * band["max"], color=c, alpha=0.12, lw=0)
             drawn += 1
         if not drawn:
-            ax.text(0.5, 0.5, "no pass-rate rows at a configured τ", ha="center", transform=ax.transAxes)
+            no_rows(ax, "pass-rate", "at a configured τ")
         else:
             ax.legend(fontsize=7.5, loc="lower left")
         ax.set_ylim(-2, 102)

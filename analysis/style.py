@@ -137,6 +137,11 @@ def panel_label(ax, letter: str, title: str) -> None:
     ax.set_title(f"({letter}) {title}", loc="left")
 
 
+def no_rows(ax, what: str, where: str = "") -> None:
+    """Say in the panel that the probes wrote no rows for it (a run without that mechanism, or too early)."""
+    ax.text(0.5, 0.5, f"no {what} rows" + (f" {where}" if where else ""), ha="center", transform=ax.transAxes)
+
+
 def spread(mean, lo, hi) -> np.ndarray:
     """[2, n] error-bar lengths below/above `mean`, never negative (lo == mean up to rounding)."""
     mean, lo, hi = (np.asarray(a, dtype=float) for a in (mean, lo, hi))
