@@ -45,7 +45,7 @@ from torch import nn
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
-from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_apply, mlp_memory_inner_grad
+from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
 # the memories read x (k, v, η, α) come first, so one contiguous block of the stacked state serves them

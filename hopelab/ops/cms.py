@@ -55,7 +55,7 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
         E_j W_down,j = E_j W_down,0 − s (E_j E_{<j}ᵀ) U_{<j}
     Same math as the reference; O(T²) inner products instead of one [h, D] weight pair per block.
     """
-    B, T, D = x.shape
+    T = x.shape[1]
     step = lr / period  # the block's gradients are averaged (Eq 71 with η/C)
     residual = x - values  # [B, T, D]   e_t = branch_t + (x_t − v_t)
     x_hist = x.detach() if first_order else x  # the inputs as they enter the updates

@@ -55,11 +55,9 @@ def _log_ratio_matrix(log_gamma_row: torch.Tensor, log_gamma_col: torch.Tensor, 
 class ChunkDecay:
     """Everything the decays α_t of one chunk contribute, computed once and shared by every weight."""
 
-    log_alpha: torch.Tensor  # [..., C]       log α_t
-    log_gamma: torch.Tensor  # [..., C]       log γ_t, γ_t = Π_{r≤t} α_r
     inclusive: torch.Tensor  # [..., C, C]    γ_t/γ_s for s ≤ t, else 0
     strict: torch.Tensor  # [..., C, C]       γ_{t-1}/γ_s for s < t, else 0
-    gamma: torch.Tensor  # [..., C]           γ_t
+    gamma: torch.Tensor  # [..., C]           γ_t = Π_{r≤t} α_r
     gamma_prev: torch.Tensor  # [..., C]      γ_{t-1}
 
     def unsqueeze(self, dim: int) -> "ChunkDecay":
@@ -72,7 +70,7 @@ def chunk_decay(log_alpha: torch.Tensor) -> ChunkDecay:
     inclusive = _log_ratio_matrix(log_gamma, log_gamma, strict=False)  # γ_t/γ_s
     log_gamma_prev = log_gamma - log_alpha  # [..., C]
     strict = _log_ratio_matrix(log_gamma_prev, log_gamma, strict=True)  # γ_{t-1}/γ_s
-    return ChunkDecay(log_alpha, log_gamma, inclusive, strict, torch.exp(log_gamma), torch.exp(log_gamma_prev))
+    return ChunkDecay(inclusive, strict, torch.exp(log_gamma), torch.exp(log_gamma_prev))
 
 
 def dgd_chunk_factors(
