@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hopelab.config import get_scale
 from hopelab.lit.module import lm_loss
-from hopelab.models import build_model, count_parameters, set_impl
+from hopelab.models import build_model, compile_chunks, count_parameters, set_impl
 from hopelab.tables import write_parquet_atomic
 
 BENCH_COLUMNS = ("section", "variant", "metric", "value", "unit")
@@ -43,27 +43,41 @@ def _loss(model, x):
     return lm_loss(model(x[:, :-1]), x[:, 1:])
 
 
+COMPILED = "+compile"  # suffix of a variant timed with its SR-Titans chunk step compiled (compile_chunks)
+
+
 def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
     """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes,
-    matmul_flops}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a machine-independent
-    floor under the step's cost, against which the timed ratios show how efficiently each variant runs."""
+    matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
+    machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
+    variant runs. "hope+compile" is hope with `compile_chunks`: its first step (the compile) is timed apart,
+    and it shares hope's FLOPs and activations (the same computation, fused)."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=gen).to(device)
     setups = {}
-    for v in variants:
+    for v in sorted(variants, key=lambda v: v.endswith(COMPILED)):  # eager first: the compiled copy their counts
         torch.manual_seed(0)
-        model = build_model(v, scale).to(device)
+        base = v.removesuffix(COMPILED)
+        model = build_model(base, scale).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-        with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
-            with count_saved_activations() as saved:
-                loss = _loss(model, x)
-            loss.backward()
+        t0 = time.perf_counter()
+        if v.endswith(COMPILED):
+            compile_chunks(model)
+            _loss(model, x).backward()  # warm-up step: traces and compiles
+            counts = {k: setups.get(base, {}).get(k, float("nan")) for k in ("activation_bytes", "matmul_flops")}
+        else:
+            with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
+                with count_saved_activations() as saved:
+                    loss = _loss(model, x)
+                loss.backward()
+            counts = {"activation_bytes": saved["bytes"], "matmul_flops": flops.get_total_flops()}
+        first_step_s = time.perf_counter() - t0
         opt.step()
         opt.zero_grad(set_to_none=True)
         setups[v] = {"model": model, "opt": opt, "times": [], "n_params": count_parameters(model),
-                     "activation_bytes": saved["bytes"], "matmul_flops": flops.get_total_flops()}
+                     "first_step_s": first_step_s, **counts}
     for r in range(repeats):
         for v in (variants if r % 2 == 0 else variants[::-1]):  # alternate the order: no variant always
             # follows the same neighbour into a slow minute
@@ -77,26 +91,34 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
             s["times"].append(time.perf_counter() - t0)
             if progress:
                 progress()
-    return {v: {k: s[k] for k in ("times", "n_params", "activation_bytes", "matmul_flops")} for v, s in setups.items()}
+    keys = ("times", "n_params", "activation_bytes", "matmul_flops", "first_step_s")
+    return {v: {k: setups[v][k] for k in keys} for v in variants}
 
 
-def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None) -> dict[str, list[float]]:
-    """hope fwd + bwd with the chunked fast path vs the token-by-token reference, interleaved."""
+def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None, compiled: bool = False):
+    """hope fwd + bwd with the chunked fast path (eager, and compiled when asked) vs the token-by-token
+    reference, interleaved. -> {"chunked": [s, ...], "reference": [...](, "compiled": [...])}"""
     cfg = get_scale(scale)
     torch.manual_seed(0)
     model = build_model("hope", scale).to(device)
+    models = {"chunked": model, "reference": model}
+    if compiled:
+        models["compiled"] = build_model("hope", scale).to(device)
+        models["compiled"].load_state_dict(model.state_dict())
+        compile_chunks(models["compiled"])
     x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.context_len + 1)).to(device)
-    out = {"chunked": [], "reference": []}
+    out = {impl: [] for impl in models}
     for r in range(repeats + 1):
-        for impl in out:
-            set_impl(model, impl)
+        for impl, m in models.items():
+            if impl != "compiled":
+                set_impl(m, impl)
             _sync(device)
             t0 = time.perf_counter()
-            _loss(model, x).backward()
+            _loss(m, x).backward()
             _sync(device)
             if r:  # the first round is warm-up
                 out[impl].append(time.perf_counter() - t0)
-            model.zero_grad(set_to_none=True)
+            m.zero_grad(set_to_none=True)
             if progress:
                 progress()
     set_impl(model, "chunked")
@@ -135,12 +157,13 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
     from rich.progress import Progress
 
     rows = []
-    total = repeats * len(variants) + (2 * (repeats + 1) if reference else 0)
+    compiled = any(v.endswith(COMPILED) for v in variants)
+    total = repeats * len(variants) + ((3 if compiled else 2) * (repeats + 1) if reference else 0)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("benchmarking", total=total)
         step = lambda: bar.advance(task)  # noqa: E731
         timings = train_step_timings(variants, scale, repeats, device, step)
-        impl = chunked_vs_reference(scale, repeats, device, step) if reference else None
+        impl = chunked_vs_reference(scale, repeats, device, step, compiled) if reference else None
     cfg = get_scale(scale)
     tokens = cfg.train.batch_size * cfg.model.context_len
     base = timings["transformer"]["times"] if "transformer" in timings else None
@@ -151,6 +174,8 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
                  ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes"),
                  ("train_step", v, "matmul_flops", t["matmul_flops"], "FLOP"),
                  ("train_step", v, "matmul_flops_per_s", t["matmul_flops"] / med, "FLOP/s")]
+        if v.endswith(COMPILED):
+            rows.append(("compile", v, "first_step_s", t["first_step_s"], "s"))
         if base:  # paired: step time over the Transformer's in the same repeat, then the median and quartiles
             ratios = [a / b for a, b in zip(t["times"], base)]
             q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
@@ -162,6 +187,10 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
                  ("chunked_vs_reference", "hope", "reference_s_median", r, "s"),
                  ("chunked_vs_reference", "hope", "speedup",  # paired within each repeat, like the step ratios
                   statistics.median(b / a for a, b in zip(impl["chunked"], impl["reference"])), "x")]
+        if "compiled" in impl:
+            rows += [("chunked_vs_reference", "hope" + COMPILED, "chunked_s_median", statistics.median(impl["compiled"]), "s"),
+                     ("chunked_vs_reference", "hope" + COMPILED, "speedup",
+                      statistics.median(b / a for a, b in zip(impl["compiled"], impl["reference"])), "x")]
     if probes:
         try:
             from hopelab.lit.bench import probe_overhead
@@ -209,8 +238,12 @@ def write_bench_report(rows, scale, repeats, out: Path) -> Path:
     step = df[df.section == "train_step"].pivot(index="variant", columns="metric", values="value")
     lines += ["## Training step (fwd + bwd + AdamW)", "",
               "GFLOP: matmul-type FLOPs of fwd + bwd (machine-independent); × transformer FLOP is the ratio the step "
-              "time would have if every variant ran its matmuls equally fast.", "",
-              "| variant | params | step (ms) | tokens/s | × transformer (IQR) | GFLOP | × transformer FLOP | GFLOP/s "
+              "time would have if every variant ran its matmuls equally fast.", ""]
+    if any(v.endswith(COMPILED) for v in step.index):
+        lines += [f"{COMPILED}: the same variant with its SR-Titans chunk step under torch.compile (`--compile`; "
+                  "the same computation, fused, so the same FLOPs); its first step, which compiles, is under Other "
+                  "measurements.", ""]
+    lines += ["| variant | params | step (ms) | tokens/s | × transformer (IQR) | GFLOP | × transformer FLOP | GFLOP/s "
               "| saved activations (MB) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base_flops = step["matmul_flops"].get("transformer") if "transformer" in step.index else None

@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         audit: bool = typer.Option(True, help="time `hopelab audit` on a small-scale HOPE"),
         reference: bool = typer.Option(True, help="time hope's chunked fast path against the token-by-token reference"),
         threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+        compile_: bool = typer.Option(False, "--compile", help="also time each HOPE variant with its SR-Titans "
+                                      "chunk step compiled (torch.compile; about a minute per variant on CPU)"),
     ) -> None:
         """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,
         audit wall time and memory, in one run."""
@@ -29,7 +31,8 @@ def register(app: typer.Typer) -> None:
 
         from hopelab.bench import run_bench
         from hopelab.config import get_scale
-        from hopelab.models import VARIANTS, check_variant
+        from hopelab.bench import COMPILED
+        from hopelab.models import HOPE_VARIANTS, VARIANTS, check_variant
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,6 +42,8 @@ def register(app: typer.Typer) -> None:
             check_variant(v)
         if "transformer" not in names:
             names.append("transformer")  # the reference every ratio is taken against
+        if compile_:
+            names += [v + COMPILED for v in names if v in HOPE_VARIANTS]
         if threads:
             torch.set_num_threads(threads)
         if device.startswith("cuda") and not torch.cuda.is_available():

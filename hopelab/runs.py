@@ -38,6 +38,7 @@ class RunSpec:
     precision: str | None = None
     strategy: str = "auto"
     probes: bool = True
+    compile: bool = False  # torch.compile the SR-Titans chunk step (hopelab.models.compile_chunks); same numbers
 
     @property
     def run_name(self) -> str:

@@ -124,6 +124,7 @@ class SelfReferentialTitans(nn.Module):
         for name in ("k", "v", "q", "eta", "alpha", "surprise", "gate", "out"):
             setattr(self, f"hook_{name}", HookPoint())
         self.impl = "chunked"  # or "reference": token-by-token Eq 88 inside each chunk (tests)
+        self.compiled_chunk = None  # torch.compile(self._chunk), set by hopelab.models.compile_chunks
         self._trace = None  # set by hopelab.models.trace_fast_states: fn(component, position, states)
 
     # ----------------------------------------------------------------------------------------------
@@ -204,7 +205,9 @@ class SelfReferentialTitans(nn.Module):
         state = state or {}
         xc, conv_tail = self.conv(x, state.get("conv"))  # [B, T, D]
         heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]
-        xh = heads(xc)  # [B, H, T, d]
+        # contiguous: the conv's output is a transposed view, and a compiled chunk step given chunks of it
+        # returned wrong input gradients (torch 2.13, CPU; caught by tests/test_compile.py)
+        xh = heads(xc.contiguous())  # [B, H, T, d]
         qh = heads(self.W_q(xc))  # [B, H, T, d]   q̃ = x W_q
         if not cfg.selfmod:  # static projections, computed for the whole sequence at once
             k_all = F.normalize(heads(self.W_k(xc)), dim=-1)
@@ -212,67 +215,84 @@ class SelfReferentialTitans(nn.Module):
             q_all = F.normalize(qh, dim=-1)
             eta_all = cfg.eta_max * torch.sigmoid(self.W_eta(xc)).transpose(1, 2)  # [B, H, T]
             log_alpha_all = F.logsigmoid(self.W_alpha(xc)).transpose(1, 2)  # [B, H, T]
-        mem = state["mem"] if "mem" in state else self._initial_fast_state(B)
+        # every chunk step gets the same input layout (a compiled step is traced once, not per layout)
+        mem = state["mem"] if "mem" in state else {k: t.contiguous() for k, t in self._initial_fast_state(B).items()}
         stats = state.get("surprise_stats")
+        if stats is None:
+            stats = xh.new_zeros(B, 3)  # running surprise statistics (hopelab.ops.surprise)
         pos0 = state.get("pos", 0)
-        first_order = cfg.inner_grad == "first_order"
         keep = {n: _hooked(getattr(self, f"hook_{n}")) for n in ("k", "v", "q", "eta", "alpha", "surprise", "gate")}
         rec = {n: [] for n in keep}
         outs = []
         # per-chunk views by split, not slicing: backward concatenates once instead of zero-filling a
         # full-size gradient per chunk
         x_chunks, q_chunks = xh.split(C, dim=2), qh.split(C, dim=2)  # [B, H, n, d] each
+        if not cfg.selfmod:
+            static_chunks = list(zip(*(t.split(C, dim=2) for t in (k_all, v_all, q_all, eta_all, log_alpha_all))))
+        # the compiled step serves full chunks of a training step; a short last chunk and inference run eager
+        # (each would be one more compiled graph)
+        compiled = self.compiled_chunk is not None and self.impl == "chunked" and torch.is_grad_enabled()
         for c, start in enumerate(range(0, T, C)):
             n = x_chunks[c].shape[2]
             end = start + n
-            groups = self._groups(mem)
-            if cfg.selfmod:
-                # projections with the chunk-start state: M_k, M_v, M_η, M_α on x, M_q on q̃
-                proj, _, _, _ = self._memories_on(groups["x"], x_chunks[c])  # [B, H, 4, n, d]
-                k_raw, v_raw, eta_feat, alpha_feat = proj.unbind(2)  # [B, H, n, d] each
-                k = F.normalize(k_raw, dim=-1)  # k_t = M_k(x_t)
-                v = F.normalize(v_raw, dim=-1)  # v_t = M_v(x_t)
-                q = F.normalize(self._memories_on(groups["q"], q_chunks[c])[0].squeeze(2), dim=-1)  # q_t = M_q(x_t W_q)
-                eta, log_alpha = self._rates(eta_feat, alpha_feat)  # [B, H, n]
-                # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
-                v_hat = self._memories_on(mem, v)[0]  # [B, H, M, n, d]
-            else:
-                k, v, q = k_all[:, :, start:end], v_all[:, :, start:end], q_all[:, :, start:end]
-                eta, log_alpha = eta_all[:, :, start:end], log_alpha_all[:, :, start:end]
-                v_hat = v.unsqueeze(2)  # v̂ = v
-            mk, pre_k, hidden_k, S0k = self._memories_on(mem, k)  # [B, H, M, n, d]; W2 k, σ(W2 k) [B, H, M, n, h]
-            error = mk - v_hat  # [B, H, M, n, d]
-            surprise = surprise_from_error(error[:, :, -1].detach())  # [B, n]   M_memory's inner loss
-            gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
-            eta_w = eta * gate[:, None, :]  # [B, H, n]   gated η
-            log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
-            if cfg.chunk_grad == "mean":  # one DGD step of size η on the chunk's mean loss: η_t/C per token
-                eta_w = eta_w / C
-            if first_order:
-                error = error.detach()
-                pre_k = pre_k.detach() if pre_k is not None else None
-                hidden_k = hidden_k.detach() if hidden_k is not None else None
-            if cfg.memory == "mlp":
-                delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
-                read, mem = self._update_mlp(mem, groups["memory"], k, q, error, delta, hidden_k, S0k, eta_w, log_alpha_w)
-                o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
-            else:
-                read, mem = self._update_linear(mem, groups["memory"], k, q, error, eta_w, log_alpha_w)
-                o = read  # o_t = W_memory,t q_t
+            static = None if cfg.selfmod else static_chunks[c]
+            chunk_step = self.compiled_chunk if compiled and n == C else self._chunk
+            o, mem, seen, stats = chunk_step(mem, x_chunks[c], q_chunks[c], static, stats)
             outs.append(o)  # [B, H, n, d]
             if self._trace is not None and n == C:
                 for m, comp in enumerate(self.components):
                     self._trace(comp, pos0 + end, {k_: t.detach() for k_, t in self._per_memory(mem, m).items()})
-            for name, t in (("k", k), ("v", v), ("q", q), ("eta", eta), ("alpha", log_alpha.exp()),
-                            ("surprise", surprise), ("gate", gate)):
+            for name, t in zip(("k", "v", "q", "eta", "alpha", "surprise", "gate"), seen):
                 if keep[name]:
-                    rec[name].append(t)
+                    rec[name].append(t.exp() if name == "alpha" else t)
         o = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, T, D)  # [B, T, D]
         if any(keep.values()):
             self._emit_hooks(rec, keep, B, T, D)
         out = self.hook_out(self.W_o(self.out_norm(o)))
         new_state = {"mem": mem, "conv": conv_tail, "surprise_stats": stats, "pos": pos0 + T}
         return out, new_state
+
+    def _chunk(self, mem, x_c, q_c, static, stats):
+        """One chunk of C tokens (Eq 90): projections, self-generated values and inner gradients at the
+        chunk-start state `mem`, then the DGD writes (Eq 88) and M_memory's causal reads.
+        x_c, q_c [B, H, n, d]; static: (k, v, q, η, log α) of this chunk when not self-modifying, else None.
+        -> (o [B, H, n, d], chunk-end state, (k, v, q, η, log α, surprise, gate), surprise stats)"""
+        cfg = self.cfg
+        C = cfg.chunk_size
+        groups = self._groups(mem)
+        if static is None:
+            # projections with the chunk-start state: M_k, M_v, M_η, M_α on x, M_q on q̃
+            proj, _, _, _ = self._memories_on(groups["x"], x_c)  # [B, H, 4, n, d]
+            k_raw, v_raw, eta_feat, alpha_feat = proj.unbind(2)  # [B, H, n, d] each
+            k = F.normalize(k_raw, dim=-1)  # k_t = M_k(x_t)
+            v = F.normalize(v_raw, dim=-1)  # v_t = M_v(x_t)
+            q = F.normalize(self._memories_on(groups["q"], q_c)[0].squeeze(2), dim=-1)  # q_t = M_q(x_t W_q)
+            eta, log_alpha = self._rates(eta_feat, alpha_feat)  # [B, H, n]
+            # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
+            v_hat = self._memories_on(mem, v)[0]  # [B, H, M, n, d]
+        else:
+            k, v, q, eta, log_alpha = static
+            v_hat = v.unsqueeze(2)  # v̂ = v
+        mk, pre_k, hidden_k, S0k = self._memories_on(mem, k)  # [B, H, M, n, d]; W2 k, σ(W2 k) [B, H, M, n, h]
+        error = mk - v_hat  # [B, H, M, n, d]
+        surprise = surprise_from_error(error[:, :, -1].detach())  # [B, n]   M_memory's inner loss
+        gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
+        eta_w = eta * gate[:, None, :]  # [B, H, n]   gated η
+        log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
+        if cfg.chunk_grad == "mean":  # one DGD step of size η on the chunk's mean loss: η_t/C per token
+            eta_w = eta_w / C
+        if cfg.inner_grad == "first_order":
+            error = error.detach()
+            pre_k = pre_k.detach() if pre_k is not None else None
+            hidden_k = hidden_k.detach() if hidden_k is not None else None
+        if cfg.memory == "mlp":
+            delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
+            read, mem = self._update_mlp(mem, groups["memory"], k, q, error, delta, hidden_k, S0k, eta_w, log_alpha_w)
+            o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
+        else:
+            read, mem = self._update_linear(mem, groups["memory"], k, q, error, eta_w, log_alpha_w)
+            o = read  # o_t = W_memory,t q_t
+        return o, mem, (k, v, q, eta, log_alpha, surprise, gate), stats
 
     @staticmethod
     def _stack_rows(t: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from hopelab.lit.metrics import TrainMetrics, evaluate
 from hopelab.lit.module import LitLM, NonFiniteError
 from hopelab.lit.probes import ProbeContext, make_probes
 from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_trainer
-from hopelab.models import check_variant, count_parameters, variant_config
+from hopelab.models import check_variant, compile_chunks, count_parameters, variant_config
 from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunSpec
 from hopelab.tables import write_json_atomic
 
@@ -262,6 +262,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     pl.seed_everything(spec.seed, workers=True, verbose=False)  # model init is a function of the seed
     module = LitLM(spec.variant, base_cfg, train_cfg)
     model_cfg = module.model.config  # resolved: the variant's switches applied (matched width solved)
+    compiled_layers = compile_chunks(module.model) if spec.compile else 0
     config = {
         "spec": _normalise(dataclasses.asdict(spec)),
         "model": to_dict(model_cfg),
@@ -327,7 +328,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
             failed_step=None,
             git_sha=_git_sha(),
             versions=versions(),
-            hardware=hardware(trainer),
+            hardware={**hardware(trainer), "compiled_chunk_layers": compiled_layers},
             started=manifest.data.get("started") or _now(),
             ended=None,
             attempts=attempts,

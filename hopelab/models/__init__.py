@@ -22,6 +22,7 @@ _HOPE_VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "hope_no_surprise": ("surprise gate off: every token writes", {"surprise_mode": "off"}),
 }
+HOPE_VARIANTS: tuple[str, ...] = tuple(_HOPE_VARIANTS)  # the variants built on self-referential Titans
 VARIANTS: dict[str, str] = {
     **{name: desc for name, (desc, _) in _HOPE_VARIANTS.items()},
     "titans": "static projections, one MLP memory updated by GD with momentum and weight decay, no CMS",
@@ -115,11 +116,18 @@ def matched_transformer_config(cfg: ModelConfig, tolerance: float = 0.05) -> Mod
     return cand
 
 
-from hopelab.models.state import FastStateRecord, initial_states, set_impl, trace_fast_states  # noqa: E402
+from hopelab.models.state import (  # noqa: E402
+    FastStateRecord,
+    compile_chunks,
+    initial_states,
+    set_impl,
+    trace_fast_states,
+)
 
 __all__ = [
     "FastStateRecord",
+    "compile_chunks",
     "initial_states",
     "set_impl",
     "trace_fast_states",
-    "VARIANTS", "build_model", "variant_config", "count_parameters", "check_variant"]
+    "HOPE_VARIANTS", "VARIANTS", "build_model", "variant_config", "count_parameters", "check_variant"]

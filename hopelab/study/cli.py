@@ -88,6 +88,7 @@ def _plan(
     accelerator: str = "auto",
     devices: str = "auto",
     precision: str | None = None,
+    compile_: bool = False,
 ) -> tuple[LoadedStudy, list[PlannedRun]]:
     loaded = load_study(name)
     runs = plan_runs(
@@ -101,6 +102,7 @@ def _plan(
         accelerator=accelerator,
         devices=int(devices) if str(devices).isdigit() else devices,
         precision=precision,
+        compile=compile_,
     )
     return loaded, runs
 
@@ -213,6 +215,9 @@ def run_cmd(
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the SR-Titans chunk step (same numbers, fused kernels)")
+    ] = False,
     shard: Annotated[
         Optional[str], typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
@@ -236,7 +241,7 @@ def run_cmd(
     if data is not None and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
     parse_shard(shard)
-    loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision)
+    loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_)
     mine = shard_runs(runs, shard)
     for run in mine:  # before anything starts: a finished run with other settings is not this request
         check_same_config(run)

@@ -68,6 +68,7 @@ def plan_runs(
     accelerator: str = "auto",
     devices: str | int = "auto",
     precision: str | None = None,
+    compile: bool = False,
 ) -> list[PlannedRun]:
     """Every run of the study, in a fixed order: scale, then cell (definition order), then seed.
 
@@ -111,6 +112,7 @@ def plan_runs(
                     accelerator=accelerator,
                     devices=devices,
                     precision=precision,
+                    compile=compile,
                 )
                 runs.append(
                     PlannedRun(
