@@ -198,9 +198,9 @@ def run_bench(scale, variants, repeats, device, out: Path, probes: bool, audit: 
             steps = 2 * cfg.train.ckpt_every  # two checkpoints at the scale's default cadence
             res = probe_overhead(scale=scale, steps=steps)
             on, off = res["with_probes_s"], res["without_probes_s"]
-            rows += [("probe_overhead", "hope", "steps", steps, "count"),
+            rows += [("probe_overhead", "hope", "steps", steps, "count"), ("probe_overhead", "hope", "pairs", res["pairs"], "count"),
                      ("probe_overhead", "hope", "with_probes_s", on, "s"), ("probe_overhead", "hope", "without_probes_s", off, "s"),
-                     ("probe_overhead", "hope", "overhead", on / off - 1.0, "fraction"),
+                     ("probe_overhead", "hope", "overhead", res["overhead"], "fraction"),
                      ("probe_overhead", "hope", "probe_share", res["probe_share"], "fraction")]
         except Exception as err:  # the bench reports what it could measure
             console.print(f"[yellow]probe overhead not measured: {err}")

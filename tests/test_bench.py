@@ -1,6 +1,7 @@
 """`hopelab bench` writes its Parquet and Markdown. No timing is asserted (no timed tests); FLOP counts are."""
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from hopelab.cli import app
@@ -40,3 +41,21 @@ def test_bench_rejects_unknown_variant(tmp_path):
 
     result = CliRunner().invoke(app, ["bench", "--variants", "nope", "--out", str(tmp_path)])
     assert isinstance(result.exception, UserError) and "nope" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_probe_overhead_pairs_runs_in_both_orders(tmp_path):
+    """Two pairs of tiny runs (on, off), (off, on): wall times, the mean pair ratio, and the probes' share."""
+    from hopelab.lit.bench import probe_overhead
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} says the {i % 7} of the {i % 5} and a word." * 20 for i in range(40)))
+    res = probe_overhead(
+        "tiny", steps=4, data=str(corpus), accelerator="cpu", out=str(tmp_path),
+        model_overrides={"dim": 16, "n_layers": 1, "n_heads": 2, "context_len": 16, "vocab_size": 300},
+        train_overrides={"batch_size": 2, "ckpt_every": 2, "val_batches": 1},
+    )
+    assert res["pairs"] == 2 and res["steps"] == 4
+    assert res["with_probes_s"] > 0 and res["without_probes_s"] > 0 and res["overhead"] > -1
+    assert 0 < res["probe_share"] < 1  # the probed runs did spend time in their probes
+    assert list(tmp_path.glob("hopelab-bench-*")) == []  # the scratch runs are gone

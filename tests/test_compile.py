@@ -9,9 +9,9 @@ import torch
 
 from hopelab.config import ModelConfig
 from hopelab.models import build_model, compile_chunks
-from hopelab.layers.self_ref_titans import SelfReferentialTitans
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# torch's own compile stack still imports TorchScript helpers
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def _grads(model, tokens):
@@ -39,12 +39,16 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
         scale = g.abs().max().clamp_min(1e-6)
         err = (grads_c[name] - g).abs().max() / scale
         assert err < 1e-3, f"{name}: relative gradient error {err:.2e}"
-    layer = next(m for m in compiled.modules() if isinstance(m, SelfReferentialTitans))
-    with torch.no_grad():  # inference runs eager (no second graph): same numbers
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1  # the training step above did run compiled
+    with torch.no_grad():  # inference runs eager: same numbers, and no second graph compiled for it
         torch.testing.assert_close(compiled(tokens), out_e, rtol=1e-4, atol=1e-5)
-    assert layer.compiled_chunk is not None
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
+@pytest.mark.slow
 def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
     """`hopelab train --compile`: the same losses step by step as the eager run, probes and all, and the
     manifest says how many layers ran compiled."""

@@ -3,8 +3,10 @@
     from hopelab.lit.bench import probe_overhead
     probe_overhead("tiny", steps=100)   # {"with_probes_s": ..., "without_probes_s": ..., "overhead": ..., ...}
 
-`overhead` compares the two runs' training wall times (noisy on a shared machine); `probe_share` is the time
-spent inside the probes of the probed run over its wall time (the same quantity measured within one run).
+`overhead` compares the runs' wall times: `pairs` pairs, the order reversed in every other pair (on, off,
+off, on, ...) so neither the process's first run nor a drifting machine favours one side; it is the mean of
+the per-pair ratios, still noisy on a shared machine. `probe_share` is the time spent inside the probes over
+the probed runs' wall time (the same quantity measured within each run, so much less noisy).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ def probe_overhead(
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     progress=None,
+    pairs: int = 2,
 ) -> dict[str, Any]:
-    """Train `variant` twice (probes on, then off) in a scratch directory and return both wall times."""
+    """Train `variant` with probes on and off, `pairs` times each, in a scratch directory; the wall times."""
     quiet = progress if progress is not None else (lambda step, total, loss: None)
+    runs: dict[bool, list] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="hopelab-bench-", dir=out) as tmp:
-        results = {}
-        for probes in (True, False):
+        for i, probes in enumerate(p for pair in range(pairs) for p in ((True, False) if pair % 2 == 0 else (False, True))):
             spec = RunSpec(
                 variant=variant,
                 scale=scale,
@@ -47,7 +50,7 @@ def probe_overhead(
                 out=tmp,
                 model_overrides=dict(model_overrides or {}),
                 train_overrides=dict(train_overrides or {}),
-                tag="probes" if probes else "noprobes",
+                tag=f"{'probes' if probes else 'noprobes'}{i}",
                 accelerator=accelerator,
                 devices=devices,
                 precision=precision,
@@ -57,17 +60,17 @@ def probe_overhead(
             if result.status != "done":
                 raise RuntimeError(f"benchmark run failed: {result.reason}")
             manifest = json.loads((Path(result.run_dir) / "manifest.json").read_text())
-            results[probes] = (result, manifest)
-    (on, on_manifest), (off, _) = results[True], results[False]
-    probe_time = float(on_manifest.get("probe_time_s") or 0.0)
+            runs[probes].append((result.wall_time_s, float(manifest.get("probe_time_s") or 0.0), manifest))
+    on, off = [w for w, _, _ in runs[True]], [w for w, _, _ in runs[False]]
     return {
         "scale": scale,
         "variant": variant,
-        "steps": on.last_step,
-        "ckpt_every": on_manifest.get("ckpt_every"),
-        "with_probes_s": on.wall_time_s,
-        "without_probes_s": off.wall_time_s,
-        "overhead": on.wall_time_s / off.wall_time_s - 1.0,
-        "probe_time_s": probe_time,
-        "probe_share": probe_time / on.wall_time_s,
+        "steps": runs[True][0][2].get("last_step"),
+        "pairs": pairs,
+        "ckpt_every": runs[True][0][2].get("ckpt_every"),
+        "with_probes_s": sum(on) / pairs,
+        "without_probes_s": sum(off) / pairs,
+        "overhead": sum(a / b for a, b in zip(on, off)) / pairs - 1.0,
+        "probe_time_s": sum(p for _, p, _ in runs[True]) / pairs,
+        "probe_share": sum(p for _, p, _ in runs[True]) / sum(on),
     }
