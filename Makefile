@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCALE  ?= tiny
 JOBS   ?= 2
+BENCH_FLAGS ?= --threads 1 --compile  # as reports/bench/README-tiny.md was made
 
 .PHONY: install test study bench clean
 
@@ -26,7 +27,7 @@ study: $(STAMP)
 	$(VENV)/bin/hopelab report runs/ablation --scale $(SCALE) --out reports/ablation-$(SCALE)
 
 bench: $(STAMP)
-	$(VENV)/bin/hopelab bench --scale $(SCALE)
+	$(VENV)/bin/hopelab bench --scale $(SCALE) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .cache runs
