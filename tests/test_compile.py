@@ -79,3 +79,10 @@ def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
         losses[compiled] = m[m.metric == "train_loss"].sort_values("step").value.to_numpy()
     assert len(losses[True]) == 4
     assert abs(losses[True] - losses[False]).max() < 1e-4 * abs(losses[False]).max(), losses
+    # --compile changes how a run executes, not what it computes: the finished eager run is the same run
+    # (a partial one would resume from its checkpoint), so asking for it compiled trains nothing more
+    spec = RunSpec(variant="hope", scale="tiny", steps=4, data=str(corpus), out=str(tmp_path / "cFalse"),
+                   model_overrides=model_over, train_overrides=train_over, accelerator="cpu", compile=True)
+    result = train_one(spec, progress=lambda *a: None, cache_dir=str(tmp_path / "cache"))
+    assert result.status == "done" and result.last_step == 4
+    assert len(json.loads((spec.run_dir / "manifest.json").read_text())["attempts"]) == 1
