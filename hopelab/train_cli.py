@@ -27,7 +27,7 @@ def train_command(
     strategy: str = typer.Option("auto", "--strategy", help="auto, ddp, ..."),
     probes: bool = typer.Option(True, "--probes/--no-probes", help="Run the cms/selfmod/surprise/gradflow probes"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the SR-Titans chunk step: fused kernels, "
-                                  "same numbers; a one-off compile per layer (about a minute on CPU)"),
+                                  "same numbers; a one-off compile (about a minute on CPU, cached on disk)"),
 ) -> None:
     """Train one run (or resume it from its last good checkpoint; a finished run is not retrained)."""
     from rich.console import Console

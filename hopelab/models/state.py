@@ -70,12 +70,11 @@ def set_impl(model: nn.Module, impl: str) -> None:
 
 
 def compile_chunks(model: nn.Module, **options) -> int:
-    """torch.compile the chunk step of every self-referential Titans layer (fused kernels for its ~80 small
-    ops per chunk; the loop over chunks stays in Python, so one graph serves every chunk of every length-T
-    sequence). Training steps use it; inference and a short last chunk run eager. Numerics match the eager
-    path to float32 rounding (tests/test_compile.py). Returns the number of layers compiled."""
-    import torch
-
+    """torch.compile the chunk step of every self-referential Titans layer: fused kernels for its ~80 small
+    ops per chunk. The loop over chunks stays in Python, so one graph serves every full chunk at a given batch
+    size and device (layers of the same config share it through torch's compile cache). Training steps use
+    it; inference and a short last chunk run eager. Numerics match the eager path to float32 rounding
+    (tests/test_compile.py). Returns the number of layers compiled."""
     options = {"dynamic": False, **options}
     n = 0
     for mod in model.modules():
