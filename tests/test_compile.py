@@ -27,7 +27,7 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
     eager = build_model("hope", cfg)
     compiled = build_model("hope", cfg)
     compiled.load_state_dict(eager.state_dict())
-    assert compile_chunks(compiled) == 1
+    assert compile_chunks(compiled) == 2  # the SR-Titans layer and the CMS level
     # 3 full chunks (compiled) and a short last one (eager); the first chunk reads the initial state
     tokens = torch.randint(0, 64, (3, 14), generator=torch.Generator().manual_seed(1))
     out_e, grads_e = _grads(eager, tokens)
@@ -74,7 +74,7 @@ def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
         result = train_one(spec, progress=lambda *a: None, cache_dir=str(tmp_path / "cache"))
         assert result.status == "done", result.reason
         manifest = json.loads((spec.run_dir / "manifest.json").read_text())
-        assert manifest["hardware"]["compiled_chunk_layers"] == (1 if compiled else 0)
+        assert manifest["hardware"]["compiled_modules"] == (2 if compiled else 0)
         m = pq.read_table(spec.run_dir / "metrics.parquet").to_pandas()
         losses[compiled] = m[m.metric == "train_loss"].sort_values("step").value.to_numpy()
     assert len(losses[True]) == 4

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from hopelab.ops.cms import cms_level, cms_level_reference
+from hopelab.ops.cms import cms_level, cms_level_blockwise, cms_level_reference
 from hopelab.ops.dgd import dgd_chunk, dgd_chunk_reference
 from hopelab.ops.memory import mlp_memory_apply, mlp_memory_inner_grad, mlp_memory_inner_grad_autograd
 from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
@@ -95,12 +95,16 @@ def test_momentum_chunk_matches_reference(C):
     _assert_same(fast, ref, inputs)
 
 
+CMS_FAST_PATHS = {"dual": cms_level, "blockwise": cms_level_blockwise}
+
+
 @pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10), (8, 5)])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("shared_init", [False, True])
-def test_cms_level_matches_reference(period, T, first_order, shared_init):
-    """The dual form equals Eq 71 token by token, with a per-sample state or one shared initial state
-    ([h, D], as the model passes its meta-learned θ_0), and when no block completes (T < period)."""
+@pytest.mark.parametrize("path", list(CMS_FAST_PATHS))
+def test_cms_level_matches_reference(period, T, first_order, shared_init, path):
+    """Both fast paths (dual form, block-wise) equal Eq 71 token by token, with a per-sample state or one
+    shared initial state ([h, D], as the model passes its meta-learned θ_0), and when no block completes."""
     torch.manual_seed(4)
     B, D, h = 2, 5, 8
     lead = () if shared_init else (B,)
@@ -112,12 +116,16 @@ def test_cms_level_matches_reference(period, T, first_order, shared_init):
     b_down = torch.randn(D, dtype=DT, requires_grad=True)
     lr = torch.tensor(0.3, dtype=DT, requires_grad=True)
     inputs = [x, values, up, down, b_up, b_down, lr]
-    fb, (fu, fd) = cms_level(x, values, up, down, b_up, b_down, lr, period, first_order)
+    fb, (fu, fd) = CMS_FAST_PATHS[path](x, values, up, down, b_up, b_down, lr, period, first_order)
     rb, (ru, rd) = cms_level_reference(x, values, up, down, b_up, b_down, lr, period, first_order)
+    # no block completed from a shared state: the block-wise path has already expanded it per sample
+    ru, rd = ru.expand_as(fu), rd.expand_as(fd)
     _assert_same([fb, fu, fd], [rb, ru, rd], inputs)
 
 
-def test_cms_level_is_causal_and_updates_only_at_period_ends():
+@pytest.mark.parametrize("path", list(CMS_FAST_PATHS))
+def test_cms_level_is_causal_and_updates_only_at_period_ends(path):
+    cms_level = CMS_FAST_PATHS[path]
     torch.manual_seed(5)
     B, T, D, h, period = 1, 12, 4, 6, 4
     x, values = torch.randn(B, T, D, dtype=DT), torch.randn(B, T, D, dtype=DT)

@@ -262,7 +262,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     pl.seed_everything(spec.seed, workers=True, verbose=False)  # model init is a function of the seed
     module = LitLM(spec.variant, base_cfg, train_cfg)
     model_cfg = module.model.config  # resolved: the variant's switches applied (matched width solved)
-    compiled_layers = compile_chunks(module.model) if spec.compile else 0
+    compiled_modules = compile_chunks(module.model) if spec.compile else 0
     config = {
         "spec": _normalise(dataclasses.asdict(spec)),
         "model": to_dict(model_cfg),
@@ -328,7 +328,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
             failed_step=None,
             git_sha=_git_sha(),
             versions=versions(),
-            hardware={**hardware(trainer), "compiled_chunk_layers": compiled_layers},
+            hardware={**hardware(trainer), "compiled_modules": compiled_modules},
             started=manifest.data.get("started") or _now(),
             ended=None,
             attempts=attempts,

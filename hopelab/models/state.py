@@ -13,6 +13,7 @@ from torch import nn
 from hopelab.layers.cms import CMSLevel
 from hopelab.layers.self_ref_titans import SelfReferentialTitans
 from hopelab.layers.titans import TitansMemory
+from hopelab.ops.cms import cms_block
 
 _MEMORY_LAYERS = (SelfReferentialTitans, TitansMemory)
 
@@ -70,15 +71,19 @@ def set_impl(model: nn.Module, impl: str) -> None:
 
 
 def compile_chunks(model: nn.Module, **options) -> int:
-    """torch.compile the chunk step of every self-referential Titans layer: fused kernels for its ~80 small
-    ops per chunk. The loop over chunks stays in Python, so one graph serves every full chunk at a given batch
-    size and device (layers of the same config share it through torch's compile cache). Training steps use
-    it; inference and a short last chunk run eager. Numerics match the eager path to float32 rounding
-    (tests/test_compile.py). Returns the number of layers compiled."""
+    """torch.compile the chunk step of every self-referential Titans layer (fused kernels for its ~80 small
+    ops per chunk) and the block step of every CMS level (hopelab.ops.cms.cms_block, run block-wise). The
+    loops stay in Python, so one graph serves every full chunk (block) at a given batch size and device;
+    layers of the same config share it through torch's compile cache. Training steps use them; inference and
+    a short last chunk run eager. Numerics match the eager path to float32 rounding (tests/test_compile.py).
+    Returns the number of modules compiled."""
     options = {"dynamic": False, **options}
     n = 0
     for mod in model.modules():
         if isinstance(mod, SelfReferentialTitans):
             mod.compiled_chunk = torch.compile(mod._chunk, **options)
+            n += 1
+        elif isinstance(mod, CMSLevel):
+            mod.compiled_block = torch.compile(cms_block, **options)
             n += 1
     return n

@@ -10,6 +10,11 @@ the level's input. Tokens of a block are read with the state reached at the bloc
 causal: a token never sees a write made from itself or a later token. The initial state θ_0 is a parameter
 (meta-learned across sequences); the outer loss differentiates through every update.
 We average the block's gradients (η/C instead of η) so that η means the same at every period.
+
+Two fast paths compute the same thing. `cms_level` (dual form) never materialises the weights: the eager
+default. `cms_level_blockwise` steps block by block with materialised weights, each step `cms_block` of fixed
+shapes: the form torch.compile fuses (hopelab.models.compile_chunks), and the one with fewer FLOPs and no
+O(T²) history once the context is long.
 """
 
 from __future__ import annotations
@@ -95,6 +100,35 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     new_state = (up, down) if hiddens is None else _cms_state(up, down, s_deltas, s_errs, hiddens,
                                                               x_hist[:, : hiddens.shape[1]])
     return torch.cat(outs, dim=1), new_state
+
+
+def cms_block(x, values, up, down, b_up, b_down, lr, first_order: bool = False):
+    """One complete block of Eq 71 with materialised weights: every token reads the block-start weights, then
+    one update by the block's mean gradient. x, values [B, n, D]; up [B, h, D]; down [B, D, h]
+    -> (branch [B, n, D], up, down after the update)."""
+    branch, pre, hidden = _branch(x, up, down, b_up, b_down)
+    g_up, g_down = _block_grads(x, values, branch, pre, hidden, down, first_order)
+    return branch, up - lr * g_up, down - lr * g_down
+
+
+def cms_level_blockwise(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False,
+                        record=None, block=cms_block):
+    """Fast path, block by block: `block` (cms_block, or a compiled copy of it) per complete block, the same
+    inputs and outputs as cms_level. The initial state is expanded to one contiguous copy per sample, so every
+    block step sees the same layout."""
+    B, T, _ = x.shape
+    up = up.expand(B, *up.shape[-2:]).contiguous()  # [B, h, D]
+    down = down.expand(B, *down.shape[-2:]).contiguous()  # [B, D, h]
+    outs = []
+    for start, xb, vb in zip(range(0, T, period), x.split(period, dim=1), values.split(period, dim=1)):
+        if xb.shape[1] < period:  # Eq 71: an incomplete block reads, and does not update
+            outs.append(_branch(xb, up, down, b_up, b_down)[0])
+            break
+        branch, up, down = block(xb, vb, up, down, b_up, b_down, lr, first_order)
+        outs.append(branch)
+        if record is not None:
+            record(start + period, up, down)
+    return torch.cat(outs, dim=1), (up, down)
 
 
 def _cms_state(up, down, s_deltas, s_errs, hiddens, inputs):
