@@ -70,20 +70,21 @@ def set_impl(model: nn.Module, impl: str) -> None:
             mod.impl = impl
 
 
-def compile_chunks(model: nn.Module, **options) -> int:
+def compile_chunks(model: nn.Module, compiler=torch.compile, **options) -> int:
     """torch.compile the chunk step of every self-referential Titans layer (fused kernels for its ~80 small
     ops per chunk) and the block step of every CMS level (hopelab.ops.cms.cms_block, run block-wise). The
     loops stay in Python, so one graph serves every full chunk (block) at a given batch size and device;
     layers of the same config share it through torch's compile cache. Training steps use them; inference and
     a short last chunk run eager. Numerics match the eager path to float32 rounding (tests/test_compile.py).
-    Returns the number of modules compiled."""
+    Returns the number of modules compiled. `compiler=lambda fn, **_: fn` selects the same code paths
+    without compiling them (to count their FLOPs, or to debug them eagerly)."""
     options = {"dynamic": False, **options}
     n = 0
     for mod in model.modules():
         if isinstance(mod, SelfReferentialTitans):
-            mod.compiled_chunk = torch.compile(mod._chunk, **options)
+            mod.compiled_chunk = compiler(mod._chunk, **options)
             n += 1
         elif isinstance(mod, CMSLevel):
-            mod.compiled_block = torch.compile(cms_block, **options)
+            mod.compiled_block = compiler(cms_block, **options)
             n += 1
     return n
