@@ -12,9 +12,10 @@ causal: a token never sees a write made from itself or a later token. The initia
 We average the block's gradients (η/C instead of η) so that η means the same at every period.
 
 Two fast paths compute the same thing. `cms_level` (dual form) never materialises the weights: the eager
-default. `cms_level_blockwise` steps block by block with materialised weights, each step `cms_block` of fixed
-shapes: the form torch.compile fuses (hopelab.models.compile_chunks), and the one with fewer FLOPs and no
-O(T²) history once the context is long.
+default, faster eagerly because it runs few, large ops. `cms_level_blockwise` steps block by block with
+materialised weights, each step `cms_block` of fixed shapes: the form torch.compile fuses
+(hopelab.models.compile_chunks). It does fewer FLOPs (a hope training step: 6.85 against 7.71 GFLOP at
+`tiny`, 1.02 against 1.21 TFLOP at `small`) but saves more for backward (one weight pair per block).
 """
 
 from __future__ import annotations
