@@ -90,7 +90,10 @@ def dgd_chunk_factors(
         w = w - (eta * decay.gamma_prev).unsqueeze(-1) * S0k
         kk = keys @ keys.transpose(-1, -2)  # [..., C, C]    k_tᵀ k_s
         lower = eta.unsqueeze(-1) * decay.strict * kk  # [..., C, C]  strictly lower; unit diagonal implied
-        w = torch.linalg.solve_triangular(lower, w, upper=False, unitriangular=True)  # [..., C, out]
+        # in float32 at least: under bf16/fp16 autocast the factors arrive in half precision, which the solve
+        # neither supports (CPU or CUDA) nor should (the solve compounds rounding over the C tokens)
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        w = torch.linalg.solve_triangular(lower.to(dtype), w.to(dtype), upper=False, unitriangular=True)  # [..., C, out]
     return w
 
 
