@@ -1,11 +1,13 @@
-"""The compiled chunk step (hopelab.models.compile_chunks) computes what the eager one does, in the outputs
-and in every gradient: torch.compile's AOTAutograd derives its own backward, so it must be checked the way
-the chunked path is checked against the reference."""
+"""The compiled steps (hopelab.models.compile_chunks: the SR-Titans chunk step, and the CMS block step, which
+runs block-wise where eager runs the dual form) compute what the eager path does, in the outputs and in every
+gradient: torch.compile's AOTAutograd derives its own backward, so it must be checked the way the chunked
+path is checked against the reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from hopelab.config import ModelConfig
 from hopelab.models import build_model, compile_chunks
@@ -28,7 +30,7 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
     compiled = build_model("hope", cfg)
     compiled.load_state_dict(eager.state_dict())
     assert compile_chunks(compiled) == 2  # the SR-Titans layer and the CMS level
-    # 3 full chunks (compiled) and a short last one (eager); the first chunk reads the initial state
+    # 3 full chunks and CMS blocks (compiled) and a short last one (eager); the first reads the initial state
     tokens = torch.randint(0, 64, (3, 14), generator=torch.Generator().manual_seed(1))
     out_e, grads_e = _grads(eager, tokens)
     out_c, grads_c = _grads(compiled, tokens)
@@ -39,8 +41,6 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
         scale = g.abs().max().clamp_min(1e-6)
         err = (grads_c[name] - g).abs().max() / scale
         assert err < 1e-3, f"{name}: relative gradient error {err:.2e}"
-    from torch._dynamo.utils import counters
-
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 1  # the training step above did run compiled
     with torch.no_grad():  # inference runs eager: same numbers, and no second graph compiled for it
