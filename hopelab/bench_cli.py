@@ -22,16 +22,16 @@ def register(app: typer.Typer) -> None:
         reference: bool = typer.Option(True, help="time hope's chunked fast path against the token-by-token reference"),
         threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
         compile_: bool = typer.Option(False, "--compile", help="also time each HOPE variant with its SR-Titans "
-                                      "chunk step compiled (torch.compile; about a minute per variant on CPU)"),
+                                      "chunk and CMS block steps compiled (torch.compile; up to a minute per "
+                                      "variant on CPU)"),
     ) -> None:
         """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,
         audit wall time and memory, in one run."""
         import torch
         from rich.console import Console
 
-        from hopelab.bench import run_bench
+        from hopelab.bench import COMPILED, run_bench
         from hopelab.config import get_scale
-        from hopelab.bench import COMPILED
         from hopelab.models import HOPE_VARIANTS, VARIANTS, check_variant
 
         if device == "auto":

@@ -18,6 +18,9 @@ STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 
+COMPILE_HELP = ("torch.compile the SR-Titans chunk step and the CMS block step: fused kernels, the same numbers; "
+                "a one-off compile (about a minute on CPU, cached on disk)")
+
 
 @dataclass
 class RunSpec:
@@ -38,7 +41,8 @@ class RunSpec:
     precision: str | None = None
     strategy: str = "auto"
     probes: bool = True
-    compile: bool = False  # torch.compile the SR-Titans chunk step (hopelab.models.compile_chunks); same numbers
+    compile: bool = False  # hopelab.models.compile_chunks: how the run executes, not what it computes
+
 
     @property
     def run_name(self) -> str:

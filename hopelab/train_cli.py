@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from hopelab.runs import COMPILE_HELP
+
 
 def train_command(
     variant: str = typer.Option(..., "--variant", help="hope, hope_no_cms, hope_no_selfmod, hope_no_surprise, "
@@ -26,8 +28,7 @@ def train_command(
     precision: Optional[str] = typer.Option(None, "--precision", help="e.g. 32-true, bf16-mixed, 16-mixed"),
     strategy: str = typer.Option("auto", "--strategy", help="auto, ddp, ..."),
     probes: bool = typer.Option(True, "--probes/--no-probes", help="Run the cms/selfmod/surprise/gradflow probes"),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the SR-Titans chunk step: fused kernels, "
-                                  "same numbers; a one-off compile (about a minute on CPU, cached on disk)"),
+    compile_: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
 ) -> None:
     """Train one run (or resume it from its last good checkpoint; a finished run is not retrained)."""
     from rich.console import Console

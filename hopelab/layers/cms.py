@@ -60,7 +60,7 @@ class CMSLevel(nn.Module):
                 branch, new = cms_level_blockwise(*args, block=self.compiled_block)
             else:
                 branch, new = cms_level(*args)
-        up, down = new  # [B, h, D], [B, D, h]; still unexpanded if no block was complete
+        up, down = new  # [B, h, D], [B, D, h]; the dual form leaves them unexpanded if no block was complete
         return self.hook_out(branch), (up.expand(B, *self.init_up.shape), down.expand(B, *self.init_down.shape))
 
 

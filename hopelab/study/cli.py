@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from hopelab.errors import UserError
-from hopelab.runs import STATUS_DONE, STATUS_FAILED
+from hopelab.runs import COMPILE_HELP, STATUS_DONE, STATUS_FAILED
 from hopelab.config import parse_set_options
 from hopelab.study.loader import LoadedStudy, builtin_names, load_study
 from hopelab.study.plan import PlannedRun, check_same_config, disk_state, parse_shard, plan_runs, shard_runs
@@ -215,9 +215,7 @@ def run_cmd(
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
-    compile_: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the SR-Titans chunk step (same numbers, fused kernels)")
-    ] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
     shard: Annotated[
         Optional[str], typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
