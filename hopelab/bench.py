@@ -51,8 +51,7 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
     machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
     variant runs. "hope+compile" is hope with `compile_chunks`: its first step (the compile) is timed apart;
-    its FLOPs and saved activations are counted on the same code paths run eagerly (the CMS runs block-wise
-    there, not in dual form)."""
+    its FLOPs and saved activations are counted on the same code paths run eagerly."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
@@ -242,9 +241,8 @@ def write_bench_report(rows, scale, repeats, out: Path) -> Path:
               "GFLOP: matmul-type FLOPs of fwd + bwd (machine-independent); × transformer FLOP is the ratio the step "
               "time would have if every variant ran its matmuls equally fast.", ""]
     if any(v.endswith(COMPILED) for v in step.index):
-        lines += [f"{COMPILED}: the same variant with its SR-Titans chunk step and CMS block step under torch.compile "
-                  "(`--compile`; the CMS then runs block-wise instead of in dual form, so its FLOPs differ); its "
-                  "first step, which compiles, is under Other measurements.", ""]
+        lines += [f"{COMPILED}: the same variant with its SR-Titans chunk step and CMS step under torch.compile "
+                  "(`--compile`); its first step, which compiles, is under Other measurements.", ""]
     lines += ["| variant | params | step (ms) | tokens/s | × transformer (IQR) | GFLOP | × transformer FLOP | GFLOP/s "
               "| saved activations (MB) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

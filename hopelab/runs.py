@@ -18,7 +18,7 @@ STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 
-COMPILE_HELP = ("torch.compile the SR-Titans chunk step and the CMS block step: fused kernels, the same numbers; "
+COMPILE_HELP = ("torch.compile the SR-Titans chunk step and the CMS step: fused kernels, the same numbers; "
                 "a one-off compile (about a minute on CPU, cached on disk)")
 
 

@@ -1,5 +1,6 @@
-"""The compiled steps (hopelab.models.compile_chunks: the SR-Titans chunk step, and the CMS block step, which
-runs block-wise where eager runs the dual form) compute what the eager path does, in the outputs and in every
+"""The compiled steps (hopelab.models.compile_chunks: the SR-Titans chunk step, and the CMS step, which runs
+the dual form over a few blocks at a time where eager runs it over the whole sequence) compute what the eager
+path does, in the outputs and in every
 gradient: torch.compile's AOTAutograd derives its own backward, so it must be checked the way the chunked
 path is checked against the reference."""
 
@@ -11,6 +12,7 @@ from torch._dynamo.utils import counters
 
 from hopelab.config import ModelConfig
 from hopelab.models import build_model, compile_chunks
+from hopelab.ops.cms import step_length
 
 # torch's own compile stack still imports TorchScript helpers
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -24,14 +26,16 @@ def _grads(model, tokens):
 
 
 def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
-    cfg = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, chunk_size=4, cms_periods=(4,), context_len=16)
+    cfg = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, chunk_size=4, cms_periods=(16,), context_len=64)
     torch.manual_seed(0)
     eager = build_model("hope", cfg)
     compiled = build_model("hope", cfg)
     compiled.load_state_dict(eager.state_dict())
     assert compile_chunks(compiled) == 2  # the SR-Titans layer and the CMS level
-    # 3 full chunks and CMS blocks (compiled) and a short last one (eager); the first reads the initial state
-    tokens = torch.randint(0, 64, (3, 14), generator=torch.Generator().manual_seed(1))
+    # SR-Titans: 13 full chunks (compiled), a short last one (eager). CMS: one full step of 2 blocks (compiled)
+    # from the initial state, then a tail of one complete block and a partial one (eager)
+    tokens = torch.randint(0, 64, (3, 54), generator=torch.Generator().manual_seed(1))
+    assert step_length(16) == 32
     out_e, grads_e = _grads(eager, tokens)
     out_c, grads_c = _grads(compiled, tokens)
     torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
@@ -42,7 +46,7 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
         err = (grads_c[name] - g).abs().max() / scale
         assert err < 1e-3, f"{name}: relative gradient error {err:.2e}"
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs >= 1  # the training step above did run compiled
+    assert graphs == 2  # both steps ran compiled, each one whole graph (no graph breaks)
     with torch.no_grad():  # inference runs eager: same numbers, and no second graph compiled for it
         torch.testing.assert_close(compiled(tokens), out_e, rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == graphs
@@ -64,7 +68,7 @@ def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
     words = "the of and to in a is that for it as was with be by on not he this are or his from at".split()
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(30)))
-    settings = {"dim": 16, "n_layers": 1, "n_heads": 2, "chunk_size": 4, "cms_periods": "4", "context_len": 16,
+    settings = {"dim": 16, "n_layers": 1, "n_heads": 2, "chunk_size": 4, "cms_periods": "8", "context_len": 32,
                 "vocab_size": 300, "batch_size": 3, "ckpt_every": 2, "val_batches": 1}
     model_over, train_over = parse_overrides([f"{k}={v}" for k, v in settings.items()])
     losses = {}

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from hopelab.ops.cms import cms_level, cms_level_blockwise, cms_level_reference
+from hopelab.ops.cms import cms_level, cms_level_reference, cms_level_stepped
 from hopelab.ops.dgd import dgd_chunk, dgd_chunk_reference
 from hopelab.ops.memory import mlp_memory_apply, mlp_memory_inner_grad, mlp_memory_inner_grad_autograd
 from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
@@ -95,30 +95,32 @@ def test_momentum_chunk_matches_reference(C):
     _assert_same(fast, ref, inputs)
 
 
-CMS_FAST_PATHS = {"dual": cms_level, "blockwise": cms_level_blockwise}
+CMS_FAST_PATHS = {"dual": cms_level, "stepped": cms_level_stepped}
 
 
-@pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10), (8, 5)])
+# T > STEP_TOKENS: the stepped path takes full steps, then a tail with complete blocks and a partial one
+@pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10), (8, 5), (4, 70), (1, 37), (40, 85)])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("shared_init", [False, True])
 @pytest.mark.parametrize("path", list(CMS_FAST_PATHS))
 def test_cms_level_matches_reference(period, T, first_order, shared_init, path):
-    """Both fast paths (dual form, block-wise) equal Eq 71 token by token, with a per-sample state or one
+    """Both fast paths (dual form, stepped) equal Eq 71 token by token, with a per-sample state or one
     shared initial state ([h, D], as the model passes its meta-learned θ_0), and when no block completes."""
     torch.manual_seed(4)
     B, D, h = 2, 5, 8
     lead = () if shared_init else (B,)
     x = torch.randn(B, T, D, dtype=DT, requires_grad=True)
     values = torch.randn(B, T, D, dtype=DT, requires_grad=True)
-    up = torch.randn(*lead, h, D, dtype=DT, requires_grad=True)
-    down = torch.randn(*lead, D, h, dtype=DT, requires_grad=True)
+    # weights and step small enough that 70 updates stay finite
+    up = (0.5 * torch.randn(*lead, h, D, dtype=DT)).requires_grad_()
+    down = (0.5 * torch.randn(*lead, D, h, dtype=DT)).requires_grad_()
     b_up = torch.randn(h, dtype=DT, requires_grad=True)
     b_down = torch.randn(D, dtype=DT, requires_grad=True)
-    lr = torch.tensor(0.3, dtype=DT, requires_grad=True)
+    lr = torch.tensor(0.05, dtype=DT, requires_grad=True)
     inputs = [x, values, up, down, b_up, b_down, lr]
     fb, (fu, fd) = CMS_FAST_PATHS[path](x, values, up, down, b_up, b_down, lr, period, first_order)
     rb, (ru, rd) = cms_level_reference(x, values, up, down, b_up, b_down, lr, period, first_order)
-    # no block completed from a shared state: the block-wise path has already expanded it per sample
+    # no block completed from a shared state: the stepped path has already expanded it per sample
     ru, rd = ru.expand_as(fu), rd.expand_as(fd)
     _assert_same([fb, fu, fd], [rb, ru, rd], inputs)
 
@@ -127,16 +129,16 @@ def test_cms_level_matches_reference(period, T, first_order, shared_init, path):
 def test_cms_level_is_causal_and_updates_only_at_period_ends(path):
     cms_level = CMS_FAST_PATHS[path]
     torch.manual_seed(5)
-    B, T, D, h, period = 1, 12, 4, 6, 4
+    B, T, D, h, period = 1, 72, 4, 6, 4  # the stepped path: two full steps and a tail
     x, values = torch.randn(B, T, D, dtype=DT), torch.randn(B, T, D, dtype=DT)
     up, down = torch.randn(B, h, D, dtype=DT), torch.randn(B, D, h, dtype=DT)
     zeros_h, zeros_d = torch.zeros(h, dtype=DT), torch.zeros(D, dtype=DT)
     positions = []
-    base, _ = cms_level(x, values, up, down, zeros_h, zeros_d, 0.5, period, record=lambda p, u, d: positions.append(p))
-    assert positions == [4, 8, 12]
+    base, _ = cms_level(x, values, up, down, zeros_h, zeros_d, 0.1, period, record=lambda p, u, d: positions.append(p))
+    assert positions == list(range(period, T + 1, period))
     x2 = x.clone()
     x2[:, 5] += 1.0  # token 5 (second block) changes: first two blocks' earlier tokens must not move
-    out2, _ = cms_level(x2, values, up, down, zeros_h, zeros_d, 0.5, period)
+    out2, _ = cms_level(x2, values, up, down, zeros_h, zeros_d, 0.1, period)
     assert torch.equal(out2[:, :5], base[:, :5])
     assert not torch.allclose(out2[:, 8:], base[:, 8:])  # the write reaches later blocks
 

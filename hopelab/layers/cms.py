@@ -19,7 +19,7 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
-from hopelab.ops.cms import cms_level, cms_level_blockwise, cms_level_reference
+from hopelab.ops.cms import cms_level, cms_level_reference, cms_level_stepped
 
 
 class CMSLevel(nn.Module):
@@ -37,7 +37,7 @@ class CMSLevel(nn.Module):
         self.lr_raw = nn.Parameter(torch.tensor(math.log(math.expm1(lr_init))))  # softplus⁻¹(lr_init)
         self.hook_out = HookPoint()
         self.impl = "chunked"
-        self.compiled_block = None  # torch.compile(ops.cms.cms_block), set by hopelab.models.compile_chunks
+        self.compiled_step = None  # torch.compile(ops.cms.cms_level), set by hopelab.models.compile_chunks
         self._trace = None
 
     def initial_states(self) -> dict[str, torch.Tensor]:
@@ -55,12 +55,12 @@ class CMSLevel(nn.Module):
             record = None
             if self._trace is not None:
                 record = lambda p, u, d: self._trace(pos0 + p, {"W_up": u.detach(), "W_down": d.detach()})  # noqa: E731
-            args = (x, values, up, down, self.b_up, self.b_down, lr, self.period, first_order, record)
-            if self.compiled_block is not None and torch.is_grad_enabled():  # training steps; inference eager
-                branch, new = cms_level_blockwise(*args, block=self.compiled_block)
-            else:
-                branch, new = cms_level(*args)
-        up, down = new  # [B, h, D], [B, D, h]; the dual form leaves them unexpanded if no block was complete
+            # the compiled step serves training steps; inference runs eager (no graph compiled for it)
+            compiled = self.compiled_step is not None and torch.is_grad_enabled()
+            step = self.compiled_step if compiled else cms_level
+            branch, new = cms_level_stepped(x, values, up, down, self.b_up, self.b_down, lr, self.period,
+                                            first_order, record, step=step)
+        up, down = new  # [B, h, D], [B, D, h]; the reference leaves them unexpanded if no block was complete
         return self.hook_out(branch), (up.expand(B, *self.init_up.shape), down.expand(B, *self.init_down.shape))
 
 

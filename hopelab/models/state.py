@@ -13,7 +13,7 @@ from torch import nn
 from hopelab.layers.cms import CMSLevel
 from hopelab.layers.self_ref_titans import SelfReferentialTitans
 from hopelab.layers.titans import TitansMemory
-from hopelab.ops.cms import cms_block
+from hopelab.ops.cms import cms_level
 
 _MEMORY_LAYERS = (SelfReferentialTitans, TitansMemory)
 
@@ -72,12 +72,12 @@ def set_impl(model: nn.Module, impl: str) -> None:
 
 def compile_chunks(model: nn.Module, compiler=torch.compile, **options) -> int:
     """torch.compile the chunk step of every self-referential Titans layer (fused kernels for its ~80 small
-    ops per chunk) and the block step of every CMS level (hopelab.ops.cms.cms_block, run block-wise). The
-    loops stay in Python, so one graph serves every full chunk (block) at a given batch size and device;
-    layers of the same config share it through torch's compile cache. Training steps use them; inference and
-    a short last chunk run eager. Numerics match the eager path to float32 rounding (tests/test_compile.py).
-    Returns the number of modules compiled. `compiler=lambda fn, **_: fn` selects the same code paths
-    without compiling them (to count their FLOPs, or to debug them eagerly)."""
+    ops per chunk) and the step of every CMS level (hopelab.ops.cms.cms_level over a few whole blocks, as
+    cms_level_stepped runs it). The loops stay in Python, so one graph serves every full chunk (step) at a
+    given batch size and device; layers of the same config share it through torch's compile cache. Training
+    steps use them; inference and a short last chunk (step) run eager. Numerics match the eager path to
+    float32 rounding (tests/test_compile.py). Returns the number of modules compiled.
+    `compiler=lambda fn, **_: fn` runs the same code without compiling it (to debug it eagerly)."""
     options = {"dynamic": False, **options}
     n = 0
     for mod in model.modules():
@@ -85,6 +85,6 @@ def compile_chunks(model: nn.Module, compiler=torch.compile, **options) -> int:
             mod.compiled_chunk = compiler(mod._chunk, **options)
             n += 1
         elif isinstance(mod, CMSLevel):
-            mod.compiled_block = compiler(cms_block, **options)
+            mod.compiled_step = compiler(cms_level, **options)
             n += 1
     return n
