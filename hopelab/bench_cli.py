@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         reference: bool = typer.Option(True, help="time hope's chunked fast path against the token-by-token reference"),
         threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
         compile_: bool = typer.Option(False, "--compile", help="also time each HOPE variant with its SR-Titans "
-                                      "chunk and CMS steps compiled (torch.compile; up to a minute per "
+                                      "chunk and CMS steps compiled (torch.compile; up to two minutes per "
                                       "variant on CPU)"),
     ) -> None:
         """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,

@@ -19,7 +19,7 @@ STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 
 COMPILE_HELP = ("torch.compile the SR-Titans chunk step and the CMS step: fused kernels, the same numbers; "
-                "a one-off compile (about a minute on CPU, cached on disk)")
+                "a one-off compile (about two minutes on CPU, cached on disk)")
 
 
 @dataclass

@@ -1,8 +1,7 @@
-"""The compiled steps (hopelab.models.compile_chunks: the SR-Titans chunk step, and the CMS step, which runs
-the dual form over a few blocks at a time where eager runs it over the whole sequence) compute what the eager
-path does, in the outputs and in every
-gradient: torch.compile's AOTAutograd derives its own backward, so it must be checked the way the chunked
-path is checked against the reference."""
+"""The compiled steps (hopelab.models.compile_chunks: the SR-Titans chunk step, and the CMS step, the dual
+form over a few whole blocks) compute what the eager path does, in the outputs and in every gradient:
+torch.compile's AOTAutograd derives its own backward, so it must be checked the way the chunked path is
+checked against the reference."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ blocks in dual form without materialising them. The dual form alone, over the wh
 inner products; in steps it costs O(T·S), and every step has the same shapes, so torch.compile serves all of
 them with one graph (hopelab.models.compile_chunks). Measured (1 thread, fwd + bwd, medians): the stepped
 path takes 0.79x (period 8) and 0.92x (period 32) the time of the whole-sequence dual form at `tiny`, 0.78x
-and 0.93x at `small`; compiled, 0.72-0.80x the time of block-by-block compiled steps (period 8). A hope
+and 0.93x at `small`; compiled, 0.72-0.80x the time of compiled block-by-block steps (period 8), the form it replaced. A hope
 training step then counts 6.96 GFLOP at `tiny` (whole-sequence dual form: 7.71) and 1.02 TFLOP at `small`
 (1.21), with 28.4 GiB saved for backward at `small` (33.0).
 """
