@@ -50,7 +50,8 @@ def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
 
 
 def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None):
-    """Fast path in dual form. x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h].
+    """Dual form over all of x (cms_level_stepped calls it once per step).
+    x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h].
 
     Returns (branch [B, T, D], (up, down) after the last complete block [B, h, D], [B, D, h]).
     `record(position, up, down)` is called after each update when given.
@@ -66,7 +67,7 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     Same math as the reference; O(T²) inner products instead of one [h, D] weight pair per block.
     """
     T = x.shape[1]
-    step = lr / period  # the block's gradients are averaged (Eq 71 with η/C)
+    step_size = lr / period  # the block's gradients are averaged (Eq 71 with η/C)
     residual = x - values  # [B, T, D]   e_t = branch_t + (x_t − v_t)
     x_hist = x.detach() if first_order else x  # the inputs as they enter the updates
     # per-block views by split, not slicing: one gradient concatenation instead of a zero-filled full-size
@@ -75,7 +76,7 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     gram = torch.matmul(x, x_hist.transpose(-1, -2)).split(period, dim=1)  # [B, n, T]   x_t · x_s
     residual = residual.split(period, dim=1)  # [B, n, D]
     outs = []
-    # histories of the complete blocks so far, the step folded in: s Δ_{<j} [B, t, h], s E_{<j} [B, t, D], U_{<j}
+    # histories of the complete blocks so far, the step size folded in: s Δ_{<j} [B, t, h], s E_{<j} [B, t, D], U_{<j}
     s_deltas = s_errs = hiddens = None
     for j, start in enumerate(range(0, T, period)):
         end = min(start + period, T)
@@ -96,7 +97,7 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
         if start:  # ... − s (E_j E_{<j}ᵀ) U_{<j} = E_j W_down,j
             err_down = torch.baddbmm(err_down, err @ s_errs.transpose(-1, -2), hiddens, alpha=-1)
         delta = act_grad_times(err_down, pre)  # [B, n, h]   Δ_j = σ'(a_j) ⊙ E_j W_down,j
-        s_delta, s_err = step * delta, step * err
+        s_delta, s_err = step_size * delta, step_size * err
         s_deltas = s_delta if s_deltas is None else torch.cat([s_deltas, s_delta], dim=1)
         s_errs = s_err if s_errs is None else torch.cat([s_errs, s_err], dim=1)
         hiddens = hidden if hiddens is None else torch.cat([hiddens, hidden], dim=1)
