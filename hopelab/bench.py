@@ -43,7 +43,7 @@ def _loss(model, x):
     return lm_loss(model(x[:, :-1]), x[:, 1:])
 
 
-COMPILED = "+compile"  # suffix of a variant timed with its SR-Titans chunk step compiled (compile_chunks)
+COMPILED = "+compile"  # suffix of a variant timed with its SR-Titans chunk and CMS steps compiled (compile_chunks)
 
 
 def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
@@ -51,7 +51,7 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
     machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
     variant runs. "hope+compile" is hope with `compile_chunks`: its first step (the compile) is timed apart;
-    its FLOPs and saved activations are counted on the same code paths run eagerly."""
+    its FLOPs and saved activations are counted on the eager step, which runs the same code uncompiled."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
@@ -62,8 +62,6 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
         compiled = v.endswith(COMPILED)
         model = build_model(v.removesuffix(COMPILED), scale).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-        if compiled:
-            compile_chunks(model, compiler=lambda fn, **_: fn)  # the compiled paths, run eagerly to be counted
         with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
             with count_saved_activations() as saved:
                 loss = _loss(model, x)

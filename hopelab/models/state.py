@@ -70,21 +70,21 @@ def set_impl(model: nn.Module, impl: str) -> None:
             mod.impl = impl
 
 
-def compile_chunks(model: nn.Module, compiler=torch.compile, **options) -> int:
+def compile_chunks(model: nn.Module, **options) -> int:
     """torch.compile the chunk step of every self-referential Titans layer (fused kernels for its ~80 small
     ops per chunk) and the step of every CMS level (hopelab.ops.cms.cms_level over a few whole blocks, as
     cms_level_stepped runs it). The loops stay in Python, so one graph serves every full chunk (step) at a
     given batch size and device; layers of the same config share it through torch's compile cache. Training
     steps use them; inference and a short last chunk (step) run eager. Numerics match the eager path to
-    float32 rounding (tests/test_compile.py). Returns the number of modules compiled.
-    `compiler=lambda fn, **_: fn` runs the same code without compiling it (to debug it eagerly)."""
+    float32 rounding (tests/test_compile.py): the eager path runs the same steps uncompiled. Returns the
+    number of modules compiled. `options` go to torch.compile."""
     options = {"dynamic": False, **options}
     n = 0
     for mod in model.modules():
         if isinstance(mod, SelfReferentialTitans):
-            mod.compiled_chunk = compiler(mod._chunk, **options)
+            mod.compiled_chunk = torch.compile(mod._chunk, **options)
             n += 1
         elif isinstance(mod, CMSLevel):
-            mod.compiled_step = compiler(cms_level, **options)
+            mod.compiled_step = torch.compile(cms_level, **options)
             n += 1
     return n
