@@ -48,6 +48,9 @@ _register()
 def main() -> None:
     """Console entry point. Click handles usage errors, exit codes and Ctrl-C itself (standalone mode);
     a UserError (bad input found by our code) becomes one line on stderr and exit code 2."""
+    from hopelab.malloc import keep_freed_memory
+
+    keep_freed_memory()  # before any training: freed CPU buffers stay in the process for the next step
     try:
         app()
     except UserError as err:
