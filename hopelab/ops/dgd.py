@@ -93,8 +93,17 @@ def dgd_chunk_factors(
         # in float32 at least: under bf16/fp16 autocast the factors arrive in half precision, which the solve
         # neither supports (CPU or CUDA) nor should (the solve compounds rounding over the C tokens)
         dtype = torch.promote_types(w.dtype, torch.float32)
-        w = torch.linalg.solve_triangular(lower.to(dtype), w.to(dtype), upper=False, unitriangular=True)  # [..., C, out]
+        w = unit_lower_inverse(lower.to(dtype)) @ w.to(dtype)  # [..., C, out]
     return w
+
+
+def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """(I + L)⁻¹ for strictly lower-triangular L [..., C, C] (its diagonal is ignored: unit diagonal implied).
+    Solving against the C columns of the identity, then one matmul, instead of solving against the out = M·h
+    right-hand sides directly: fwd + bwd of the solve for w at `tiny` (C = 16, M·h = 192) measured 0.51x the
+    direct solve's time (1 thread, median of 30 paired)."""
+    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device).expand(lower.shape)
+    return torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)  # [..., C, C]
 
 
 def dgd_read(S0, w, keys, decay: ChunkDecay, queries) -> torch.Tensor:
