@@ -33,14 +33,22 @@ _MASKS: dict = {}
 
 
 def causal_log_masks(C: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Additive masks [C, C]: 0 where s < t (strict) / s ≤ t (inclusive), -inf elsewhere. Cached."""
+    """Additive masks [C, C]: 0 where s < t (strict) / s ≤ t (inclusive), -inf elsewhere. Cached when eager;
+    under torch.compile built in the graph (constants to the compiler): a cache lookup there is a guard that
+    fails once the trace has filled the cache, and compiled every chunk step a second time."""
+    if torch.compiler.is_compiling():
+        return _build_causal_log_masks(C, like)
     key = (C, like.device, like.dtype)
     if key not in _MASKS:
-        ones = torch.ones(C, C, dtype=torch.bool, device=like.device)
-        neg = torch.tensor(float("-inf"), dtype=like.dtype, device=like.device)
-        zero = torch.tensor(0.0, dtype=like.dtype, device=like.device)
-        _MASKS[key] = (torch.where(ones.tril(-1), zero, neg), torch.where(ones.tril(0), zero, neg))
+        _MASKS[key] = _build_causal_log_masks(C, like)
     return _MASKS[key]
+
+
+def _build_causal_log_masks(C: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ones = torch.ones(C, C, dtype=torch.bool, device=like.device)
+    neg = torch.tensor(float("-inf"), dtype=like.dtype, device=like.device)
+    zero = torch.tensor(0.0, dtype=like.dtype, device=like.device)
+    return torch.where(ones.tril(-1), zero, neg), torch.where(ones.tril(0), zero, neg)
 
 
 def _log_ratio_matrix(log_gamma_row: torch.Tensor, log_gamma_col: torch.Tensor, strict: bool) -> torch.Tensor:
