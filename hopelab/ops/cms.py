@@ -12,14 +12,14 @@ causal: a token never sees a write made from itself or a later token. The initia
 We average the block's gradients (η/C instead of η) so that η means the same at every period.
 
 Fast path: `cms_level_stepped` runs the sequence in steps of a few whole blocks (`step_length`: at least
-STEP_TOKENS tokens) with the weights materialised between steps; within a step, `cms_level` computes the
-blocks in dual form without materialising them. The dual form alone, over the whole sequence, costs O(T²)
-inner products; in steps it costs O(T·S), and every step has the same shapes, so torch.compile serves all of
-them with one graph (hopelab.models.compile_chunks). Measured (1 thread, fwd + bwd, medians): the stepped
-path takes 0.79x (period 8) and 0.92x (period 32) the time of the whole-sequence dual form at `tiny`, 0.78x
-and 0.93x at `small`; compiled, 0.72-0.80x the time of compiled block-by-block steps (period 8), the form it replaced. A hope
-training step then counts 6.96 GFLOP at `tiny` (whole-sequence dual form: 7.71) and 1.02 TFLOP at `small`
-(1.21), with 28.4 GiB saved for backward at `small` (33.0).
+STEP_TOKENS tokens) with the weights materialised between steps; within a step, `cms_level` computes the blocks in
+dual form without materialising them. The dual form alone, over the whole sequence, costs O(T²) inner products; in
+steps it costs O(T·S), and every step has the same shapes, so torch.compile serves all of them with one graph
+(hopelab.models.compile_chunks). Measured (1 thread, fwd + bwd, medians): the stepped path takes 0.79x (period 8)
+and 0.92x (period 32) the time of the whole-sequence dual form at `tiny`, 0.78x and 0.93x at `small`; compiled,
+0.72-0.80x the time of compiled block-by-block steps (period 8), the form it replaced. A hope training step counted
+(before the DGD solve became a matmul) 6.96 GFLOP at `tiny` (whole-sequence dual form: 7.71) and 1.02 TFLOP at
+`small` (1.21), with 28.4 GiB saved for backward at `small` (33.0).
 """
 
 from __future__ import annotations
