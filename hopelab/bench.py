@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hopelab.config import get_scale
 from hopelab.lit.module import lm_loss
-from hopelab.malloc import keep_freed_memory
+from hopelab.malloc import freed_memory_setting
 from hopelab.models import build_model, compile_chunks, count_parameters, set_impl
 from hopelab.tables import write_parquet_atomic
 
@@ -147,7 +147,7 @@ def _machine() -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "freed CPU memory": keep_freed_memory(),
+        "freed CPU memory": freed_memory_setting(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from hopelab.errors import UserError
+from hopelab.malloc import keep_freed_memory
 
 app = typer.Typer(
     name="hopelab",
@@ -48,8 +49,6 @@ _register()
 def main() -> None:
     """Console entry point. Click handles usage errors, exit codes and Ctrl-C itself (standalone mode);
     a UserError (bad input found by our code) becomes one line on stderr and exit code 2."""
-    from hopelab.malloc import keep_freed_memory
-
     keep_freed_memory()  # before any training: freed CPU buffers stay in the process for the next step
     try:
         app()

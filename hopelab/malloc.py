@@ -25,20 +25,22 @@ GLIBC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")  # glibc reads 
 OPT_OUT = "HOPELAB_MALLOC"  # "default": leave glibc's malloc as it is
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 
+FROM_ENVIRONMENT = "set by MALLOC_* environment"
+
 _status: str | None = None
 
 
 def keep_freed_memory() -> str:
     """Apply the setting to this process (and, through the environment, to the processes it starts).
-    Returns what holds now: "kept (glibc thresholds 1 GiB)", "set by MALLOC_* environment", or
-    "default (<why>)". Idempotent."""
+    Returns what holds now: "kept (glibc thresholds 1 GiB)", FROM_ENVIRONMENT, or "default (<why>)".
+    Idempotent."""
     global _status
     if _status is not None:
         return _status
     if os.environ.get(OPT_OUT, "").lower() == "default":
         _status = f"default ({OPT_OUT}=default)"
     elif any(name in os.environ for name in GLIBC_ENV):
-        _status = "set by MALLOC_* environment"
+        _status = FROM_ENVIRONMENT
     elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         _status = "default (not glibc)"
     else:
@@ -50,3 +52,10 @@ def keep_freed_memory() -> str:
             os.environ.update({name: str(THRESHOLD_BYTES) for name in GLIBC_ENV})  # study workers, DDP ranks
         _status = "kept (glibc thresholds 1 GiB)" if ok else "default (mallopt refused)"
     return _status
+
+
+def freed_memory_setting() -> str:
+    """What holds in this process, without changing it (what `hopelab bench` reports)."""
+    if _status is not None:
+        return _status
+    return FROM_ENVIRONMENT if any(name in os.environ for name in GLIBC_ENV) else "default"
