@@ -43,7 +43,6 @@ class RunSpec:
     probes: bool = True
     compile: bool = False  # hopelab.models.compile_chunks: how the run executes, not what it computes
 
-
     @property
     def run_name(self) -> str:
         return f"{self.variant}-{self.tag}" if self.tag else self.variant

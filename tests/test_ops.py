@@ -127,18 +127,18 @@ def test_cms_level_matches_reference(period, T, first_order, shared_init, path):
 
 @pytest.mark.parametrize("path", list(CMS_FAST_PATHS))
 def test_cms_level_is_causal_and_updates_only_at_period_ends(path):
-    cms_level = CMS_FAST_PATHS[path]
+    level = CMS_FAST_PATHS[path]
     torch.manual_seed(5)
     B, T, D, h, period = 1, 72, 4, 6, 4  # the stepped path: two full steps and a tail
     x, values = torch.randn(B, T, D, dtype=DT), torch.randn(B, T, D, dtype=DT)
     up, down = torch.randn(B, h, D, dtype=DT), torch.randn(B, D, h, dtype=DT)
     zeros_h, zeros_d = torch.zeros(h, dtype=DT), torch.zeros(D, dtype=DT)
     positions = []
-    base, _ = cms_level(x, values, up, down, zeros_h, zeros_d, 0.1, period, record=lambda p, u, d: positions.append(p))
+    base, _ = level(x, values, up, down, zeros_h, zeros_d, 0.1, period, record=lambda p, u, d: positions.append(p))
     assert positions == list(range(period, T + 1, period))
     x2 = x.clone()
     x2[:, 5] += 1.0  # token 5 (second block) changes: first two blocks' earlier tokens must not move
-    out2, _ = cms_level(x2, values, up, down, zeros_h, zeros_d, 0.1, period)
+    out2, _ = level(x2, values, up, down, zeros_h, zeros_d, 0.1, period)
     assert torch.equal(out2[:, :5], base[:, :5])
     assert not torch.allclose(out2[:, 8:], base[:, 8:])  # the write reaches later blocks
 
