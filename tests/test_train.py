@@ -173,12 +173,7 @@ def test_sigkill_midway_then_rerun_matches_uninterrupted(hope_run, corpus, tmp_p
     ref_spec, ref = hope_run
     corpus_path, cache = corpus
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "hopelab.cli", "train", "--variant", "hope", "--scale", "tiny",
-           "--steps", str(STEPS), "--seed", "0", "--study", "t", "--data", str(corpus_path), "--out", str(out),
-           "--accelerator", "cpu"]
-    for k, v in SETTINGS.items():
-        cmd += ["--set", f"{k}={v}"]
-    env = {**os.environ, "HOPELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd, env = cli_train_command(out, corpus)
     run_dir = make_spec("hope", out, corpus_path).run_dir
     first_ckpt = run_dir / "checkpoints" / "step000005.ckpt"
 
@@ -201,21 +196,58 @@ def test_sigkill_midway_then_rerun_matches_uninterrupted(hope_run, corpus, tmp_p
     assert manifest["attempts"][-1]["from_step"] >= 5
     assert manifest["final_val_loss"] == ref.final_val_loss  # bit-identical on CPU with the same seed
 
-    m, m_ref = read_metrics(run_dir), read_metrics(ref_spec.run_dir)
+    assert_same_records(run_dir, ref_spec.run_dir, metrics_rel=0.0, probes_rel=1e-6)
+
+
+def cli_train_command(out: Path, corpus, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """`python -m hopelab.cli train` of the reference hope run into `out`, and its environment."""
+    corpus_path, cache = corpus
+    cmd = [sys.executable, "-m", "hopelab.cli", "train", "--variant", "hope", "--scale", "tiny",
+           "--steps", str(STEPS), "--seed", "0", "--study", "t", "--data", str(corpus_path), "--out", str(out),
+           "--accelerator", "cpu", *extra]
+    for k, v in SETTINGS.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd, {**os.environ, "HOPELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+
+
+def assert_same_records(run_dir: Path, ref_dir: Path, metrics_rel: float, probes_rel: float) -> None:
+    """The run's train/val loss and grad norm at every step, and every probe row, match the reference run's
+    (metrics_rel 0: bit-identical)."""
+    m, m_ref = read_metrics(run_dir), read_metrics(ref_dir)
     assert not m.duplicated(["metric", "step"]).any()
     for metric in ("train_loss", "val_loss", "grad_norm"):
         got = m[m.metric == metric].sort_values("step")
         want = m_ref[m_ref.metric == metric].sort_values("step")
         assert got.step.tolist() == want.step.tolist(), metric
-        assert got.value.tolist() == want.value.tolist(), metric
-    df, df_ref = read_probes(run_dir), read_probes(ref_spec.run_dir)
+        assert got.value.tolist() == pytest.approx(want.value.tolist(), rel=metrics_rel, abs=0.0), metric
+    df, df_ref = read_probes(run_dir), read_probes(ref_dir)
     assert not df.duplicated(ROW_KEY).any()
     assert len(df) == len(df_ref)
     cols = [c for c in ROW_KEY if c != "param"] + ["param"]
     got = df.sort_values(cols, na_position="first").reset_index(drop=True)
     want = df_ref.sort_values(cols, na_position="first").reset_index(drop=True)
     assert got[ROW_KEY].equals(want[ROW_KEY])
-    assert got.value.fillna(-1).tolist() == pytest.approx(want.value.fillna(-1).tolist(), rel=1e-6, abs=1e-9)
+    assert got.value.fillna(-1).tolist() == pytest.approx(want.value.fillna(-1).tolist(), rel=probes_rel, abs=1e-9)
+
+
+def test_ddp_over_two_cpu_processes_matches_one_process(hope_run, corpus, tmp_path):
+    """Multi-device training through Lightning, as it would run on two GPUs: DDP over two CPU processes (gloo)
+    splits the same global batch, so it must reproduce the one-process run up to float rounding of the gradient
+    all-reduce, and rank 1 must write nothing of its own (no duplicate rows, one set of files)."""
+    ref_spec, ref = hope_run
+    out = tmp_path / "ddp"
+    cmd, env = cli_train_command(out, corpus, "--devices", "2", "--strategy", "ddp")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = make_spec("hope", out, corpus[0]).run_dir
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["last_step"] == STEPS
+    assert manifest["hardware"]["world_size"] == 2 and manifest["hardware"]["strategy"] == "DDPStrategy"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step000010.ckpt", "step000015.ckpt"]
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+        p.name for p in ref_spec.run_dir.rglob("*") if p.is_file())
+    assert manifest["final_val_loss"] == pytest.approx(ref.final_val_loss, rel=1e-5)
+    assert_same_records(run_dir, ref_spec.run_dir, metrics_rel=1e-5, probes_rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------ failures and errors
