@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hopelab.config import get_scale
 from hopelab.lit.module import lm_loss
 from hopelab.malloc import freed_memory_setting
-from hopelab.models import build_model, compile_chunks, count_parameters, set_impl
+from hopelab.models import build_model, compile_chunks, count_parameters, recompute_chunks, set_impl
 from hopelab.tables import write_parquet_atomic
 
 BENCH_COLUMNS = ("section", "variant", "metric", "value", "unit")
@@ -45,6 +45,7 @@ def _loss(model, x):
 
 
 COMPILED = "+compile"  # suffix of a variant timed with its SR-Titans chunk and CMS steps compiled (compile_chunks)
+RECOMPUTED = "+recompute"  # suffix of a variant timed with those steps recomputed in backward (recompute_chunks)
 
 
 def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
@@ -52,7 +53,8 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
     machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
     variant runs. "hope+compile" is hope with `compile_chunks`: its first step (the compile) is timed apart;
-    its FLOPs and saved activations are counted on the eager step, which runs the same code uncompiled."""
+    its FLOPs and saved activations are counted on the eager step, which runs the same code uncompiled.
+    "hope+recompute" is hope with `recompute_chunks`, counted as it runs (its FLOPs include the recomputation)."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
@@ -61,7 +63,8 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     for v in variants:
         torch.manual_seed(0)
         compiled = v.endswith(COMPILED)
-        model = build_model(v.removesuffix(COMPILED), scale).to(device)
+        model = build_model(v.removesuffix(COMPILED).removesuffix(RECOMPUTED), scale).to(device)
+        recompute_chunks(model, enabled=v.endswith(RECOMPUTED))
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
         with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
             with count_saved_activations() as saved:
@@ -243,6 +246,9 @@ def write_bench_report(rows, scale, repeats, out: Path) -> Path:
     if any(v.endswith(COMPILED) for v in step.index):
         lines += [f"{COMPILED}: the same variant with its SR-Titans chunk step and CMS step under torch.compile "
                   "(`--compile`); its first step, which compiles, is under Other measurements.", ""]
+    if any(v.endswith(RECOMPUTED) for v in step.index):
+        lines += [f"{RECOMPUTED}: the same variant keeping only each SR-Titans chunk step's and CMS step's inputs for "
+                  "backward and recomputing the rest there (`--recompute`): the same numbers, less memory.", ""]
     lines += ["| variant | params | step (ms) | tokens/s | × transformer (IQR) | GFLOP | × transformer FLOP | GFLOP/s "
               "| saved activations (MB) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

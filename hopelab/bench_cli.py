@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         scale: str = typer.Option("tiny", help="tiny | small | scaled"),
-        variants: str = typer.Option("all", help="comma-separated variant names, or 'all'"),
+        variants: str = typer.Option("all", help="comma-separated variant names, or 'all'; a HOPE variant "
+                                     "may carry +compile or +recompute (e.g. hope+recompute)"),
         repeats: int = typer.Option(11, min=1, help="interleaved repeats; medians are reported"),
         device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
         out: Path = typer.Option(Path("reports/bench"), help="where bench-<scale>.parquet and README-<scale>.md go"),
@@ -24,13 +25,15 @@ def register(app: typer.Typer) -> None:
         compile_: bool = typer.Option(False, "--compile", help="also time each HOPE variant with its SR-Titans "
                                       "chunk and CMS steps compiled (torch.compile; up to two minutes per "
                                       "variant on CPU)"),
+        recompute: bool = typer.Option(False, "--recompute", help="also time each HOPE variant with its SR-Titans "
+                                       "chunk and CMS steps recomputed in backward (less activation memory)"),
     ) -> None:
         """Training tokens/s per variant and ratio to the Transformer, chunked vs reference, probe overhead,
         audit wall time and memory, in one run."""
         import torch
         from rich.console import Console
 
-        from hopelab.bench import COMPILED, run_bench
+        from hopelab.bench import COMPILED, RECOMPUTED, run_bench
         from hopelab.config import get_scale
         from hopelab.models import HOPE_VARIANTS, VARIANTS, check_variant
 
@@ -38,12 +41,15 @@ def register(app: typer.Typer) -> None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         get_scale(scale)
         names = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
-        for v in names:
-            check_variant(v)
+        for v in names:  # a HOPE variant may be named with its suffix, e.g. hope+recompute alone
+            base = v.removesuffix(COMPILED).removesuffix(RECOMPUTED)
+            check_variant(base)
+            if base != v and base not in HOPE_VARIANTS:
+                raise UserError(f"variant {v!r}: {COMPILED} and {RECOMPUTED} apply to HOPE variants only")
         if "transformer" not in names:
             names.append("transformer")  # the reference every ratio is taken against
-        if compile_:
-            names += [v + COMPILED for v in names if v in HOPE_VARIANTS]
+        hope = [v for v in names if v in HOPE_VARIANTS]
+        names += [v + COMPILED for v in hope if compile_] + [v + RECOMPUTED for v in hope if recompute]
         if threads:
             torch.set_num_threads(threads)
         if device.startswith("cuda") and not torch.cuda.is_available():

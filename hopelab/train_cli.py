@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from hopelab.runs import COMPILE_HELP
+from hopelab.runs import COMPILE_HELP, RECOMPUTE_HELP
 
 
 def train_command(
@@ -29,6 +29,7 @@ def train_command(
     strategy: str = typer.Option("auto", "--strategy", help="auto, ddp, ..."),
     probes: bool = typer.Option(True, "--probes/--no-probes", help="Run the cms/selfmod/surprise/gradflow probes"),
     compile_: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
+    recompute: bool = typer.Option(False, "--recompute", help=RECOMPUTE_HELP),
 ) -> None:
     """Train one run (or resume it from its last good checkpoint; a finished run is not retrained)."""
     from rich.console import Console
@@ -54,6 +55,7 @@ def train_command(
         strategy=strategy,
         probes=probes,
         compile=compile_,
+        recompute=recompute,
     )
     result = train_one(spec)
     console = Console(stderr=True, soft_wrap=True)

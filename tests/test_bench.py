@@ -36,6 +36,24 @@ def test_bench_writes_parquet_and_markdown(tmp_path):
     assert "hopelab bench" in readme and "| titans |" in readme and "torch_threads" in readme
 
 
+def test_bench_recompute_rows_save_less_and_count_the_recomputation(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--scale", "tiny", "--variants", "hope_no_cms", "--recompute", "--repeats", "1", "--no-probes",
+         "--no-audit", "--no-reference", "--out", str(out), "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    step = pd.read_parquet(out / "bench-tiny.parquet").query("section == 'train_step'")
+    assert set(step.variant) == {"hope_no_cms", "hope_no_cms+recompute", "transformer"}
+    metric = lambda v, m: step[(step.variant == v) & (step.metric == m)].value.item()  # noqa: E731
+    assert metric("hope_no_cms+recompute", "activation_bytes") < 0.5 * metric("hope_no_cms", "activation_bytes")
+    # the recomputed forward is counted: more FLOPs than the plain step, fewer than two full steps
+    plain, recomputed = metric("hope_no_cms", "matmul_flops"), metric("hope_no_cms+recompute", "matmul_flops")
+    assert plain < recomputed < 2 * plain
+    assert "+recompute: the same variant" in (out / "README-tiny.md").read_text()
+
+
 def test_bench_rejects_unknown_variant(tmp_path):
     from hopelab.errors import UserError
 

@@ -169,7 +169,7 @@ def test_done_run_is_not_retrained_and_changed_settings_are_refused(hope_run, co
 # ---------------------------------------------------------------------------------- SIGKILL and resume
 
 
-def test_sigkill_midway_then_rerun_matches_uninterrupted(hope_run, corpus, tmp_path):
+def test_sigkill_midway_then_rerun_with_recompute_matches_uninterrupted(hope_run, corpus, tmp_path):
     ref_spec, ref = hope_run
     corpus_path, cache = corpus
     out = tmp_path / "killed"
@@ -188,12 +188,16 @@ def test_sigkill_midway_then_rerun_matches_uninterrupted(hope_run, corpus, tmp_p
     assert manifest["status"] == "running"  # killed midway, not after the end
     assert not (run_dir / "checkpoints" / f"step{STEPS:06d}.ckpt").exists()
 
-    # the same run again (in this process: it is the same entry point the CLI calls, and saves a start-up)
-    rerun = train_one(make_spec("hope", out, corpus_path), progress=quiet, cache_dir=str(cache))
+    # the same run again (in this process: it is the same entry point the CLI calls, and saves a start-up),
+    # resumed with recomputation on: it changes how the run executes, not what it computes
+    resumed = make_spec("hope", out, corpus_path)
+    resumed.recompute = True
+    rerun = train_one(resumed, progress=quiet, cache_dir=str(cache))
     assert rerun.status == "done"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["last_step"] == STEPS
     assert manifest["attempts"][-1]["from_step"] >= 5
+    assert manifest["hardware"]["recomputed_modules"] == 3  # this attempt: SR-Titans and two CMS levels
     assert manifest["final_val_loss"] == ref.final_val_loss  # bit-identical on CPU with the same seed
 
     assert_same_records(run_dir, ref_spec.run_dir, metrics_rel=0.0, probes_rel=1e-6)

@@ -11,6 +11,7 @@ learning rate is learned too (softplus). `hook_out` of level ℓ is branch_ℓ: 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
+from hopelab.layers.recompute import call_step
 from hopelab.ops.cms import cms_level, cms_level_reference, cms_level_stepped
 
 
@@ -38,6 +40,7 @@ class CMSLevel(nn.Module):
         self.hook_out = HookPoint()
         self.impl = "chunked"
         self.compiled_step = None  # torch.compile(ops.cms.cms_level), set by hopelab.models.compile_chunks
+        self.recompute = False  # keep only each step's inputs for backward (hopelab.models.recompute_chunks)
         self._trace = None
 
     def initial_states(self) -> dict[str, torch.Tensor]:
@@ -58,6 +61,8 @@ class CMSLevel(nn.Module):
             # the compiled step serves training steps; inference runs eager (no graph compiled for it)
             compiled = self.compiled_step is not None and torch.is_grad_enabled()
             step = self.compiled_step if compiled else cms_level
+            if self.recompute:
+                step = functools.partial(call_step, step, True)
             branch, new = cms_level_stepped(x, values, up, down, self.b_up, self.b_down, lr, self.period,
                                             first_order, record, step=step)
         up, down = new  # [B, h, D], [B, D, h]; the reference leaves them unexpanded if no block was complete

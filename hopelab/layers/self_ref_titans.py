@@ -44,6 +44,7 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.hooks import HookPoint
+from hopelab.layers.recompute import call_step
 from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
 from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
@@ -125,6 +126,7 @@ class SelfReferentialTitans(nn.Module):
             setattr(self, f"hook_{name}", HookPoint())
         self.impl = "chunked"  # or "reference": token-by-token Eq 88 inside each chunk (tests)
         self.compiled_chunk = None  # torch.compile(self._chunk), set by hopelab.models.compile_chunks
+        self.recompute = False  # keep only each chunk's inputs for backward (hopelab.models.recompute_chunks)
         self._trace = None  # set by hopelab.models.trace_fast_states: fn(component, position, states)
 
     # ----------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ class SelfReferentialTitans(nn.Module):
             end = start + n
             static = None if cfg.selfmod else static_chunks[c]
             chunk_step = self.compiled_chunk if compiled and n == C else self._chunk
-            o, mem, seen, stats = chunk_step(mem, x_chunks[c], q_chunks[c], static, stats)
+            o, mem, seen, stats = call_step(chunk_step, self.recompute, mem, x_chunks[c], q_chunks[c], static, stats)
             outs.append(o)  # [B, H, n, d]
             if self._trace is not None and n == C:
                 for m, comp in enumerate(self.components):

@@ -43,7 +43,7 @@ from hopelab.lit.metrics import TrainMetrics, evaluate
 from hopelab.lit.module import LitLM, NonFiniteError
 from hopelab.lit.probes import ProbeContext, make_probes
 from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_trainer
-from hopelab.models import check_variant, compile_chunks, count_parameters, variant_config
+from hopelab.models import check_variant, compile_chunks, count_parameters, recompute_chunks, variant_config
 from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunSpec
 from hopelab.tables import write_json_atomic
 
@@ -263,6 +263,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     module = LitLM(spec.variant, base_cfg, train_cfg)
     model_cfg = module.model.config  # resolved: the variant's switches applied (matched width solved)
     compiled_modules = compile_chunks(module.model) if spec.compile else 0
+    recomputed_modules = recompute_chunks(module.model) if spec.recompute else 0
     config = {
         "spec": _normalise(dataclasses.asdict(spec)),
         "model": to_dict(model_cfg),
@@ -328,7 +329,8 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
             failed_step=None,
             git_sha=_git_sha(),
             versions=versions(),
-            hardware={**hardware(trainer), "compiled_modules": compiled_modules},
+            hardware={**hardware(trainer), "compiled_modules": compiled_modules,
+                      "recomputed_modules": recomputed_modules},
             started=manifest.data.get("started") or _now(),
             ended=None,
             attempts=attempts,

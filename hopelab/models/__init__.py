@@ -120,6 +120,7 @@ from hopelab.models.state import (  # noqa: E402
     FastStateRecord,
     compile_chunks,
     initial_states,
+    recompute_chunks,
     set_impl,
     trace_fast_states,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "FastStateRecord",
     "compile_chunks",
     "initial_states",
+    "recompute_chunks",
     "set_impl",
     "trace_fast_states",
     "HOPE_VARIANTS", "VARIANTS", "build_model", "variant_config", "count_parameters", "check_variant"]

@@ -88,3 +88,16 @@ def compile_chunks(model: nn.Module, **options) -> int:
             mod.compiled_step = torch.compile(cms_level, **options)
             n += 1
     return n
+
+
+def recompute_chunks(model: nn.Module, enabled: bool = True) -> int:
+    """Keep only the inputs of every SR-Titans chunk step and every CMS step for backward and recompute the
+    rest there (hopelab.layers.recompute): 28.4 -> 4.9 GiB saved for backward in a `small` hope step, the same
+    numbers, for one more forward of the memories. Composes with compile_chunks. Returns the number of
+    modules switched."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, (SelfReferentialTitans, CMSLevel)):
+            mod.recompute = enabled
+            n += 1
+    return n

@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from hopelab.errors import UserError
-from hopelab.runs import COMPILE_HELP, STATUS_DONE, STATUS_FAILED
+from hopelab.runs import COMPILE_HELP, RECOMPUTE_HELP, STATUS_DONE, STATUS_FAILED
 from hopelab.config import parse_set_options
 from hopelab.study.loader import LoadedStudy, builtin_names, load_study
 from hopelab.study.plan import PlannedRun, check_same_config, disk_state, parse_shard, plan_runs, shard_runs
@@ -89,6 +89,7 @@ def _plan(
     devices: str = "auto",
     precision: str | None = None,
     compile_: bool = False,
+    recompute: bool = False,
 ) -> tuple[LoadedStudy, list[PlannedRun]]:
     loaded = load_study(name)
     runs = plan_runs(
@@ -103,6 +104,7 @@ def _plan(
         devices=int(devices) if str(devices).isdigit() else devices,
         precision=precision,
         compile=compile_,
+        recompute=recompute,
     )
     return loaded, runs
 
@@ -216,6 +218,7 @@ def run_cmd(
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
+    recompute: Annotated[bool, typer.Option("--recompute", help=RECOMPUTE_HELP)] = False,
     shard: Annotated[
         Optional[str], typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
@@ -239,7 +242,8 @@ def run_cmd(
     if data is not None and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
     parse_shard(shard)
-    loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_)
+    loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_,
+                         recompute)
     mine = shard_runs(runs, shard)
     for run in mine:  # before anything starts: a finished run with other settings is not this request
         check_same_config(run)

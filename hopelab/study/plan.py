@@ -69,6 +69,7 @@ def plan_runs(
     devices: str | int = "auto",
     precision: str | None = None,
     compile: bool = False,
+    recompute: bool = False,
 ) -> list[PlannedRun]:
     """Every run of the study, in a fixed order: scale, then cell (definition order), then seed.
 
@@ -113,6 +114,7 @@ def plan_runs(
                     devices=devices,
                     precision=precision,
                     compile=compile,
+                    recompute=recompute,
                 )
                 runs.append(
                     PlannedRun(
