@@ -1,0 +1,139 @@
+"""Check 1, gradient flow: every trainable parameter should get a gradient from the outer loss.
+
+A parameter without one at the base point is re-checked at the perturbed point (pass B; zero there too is
+"persistent", check 2 reports the others). The persistent ones are told apart by finite differences (pass F)
+and op tracing (pass B):
+
+  disconnected      moving it changes the output, yet no gradient: its value reaches the forward only through
+                    detached copies (critical: the outer optimizer can never train it)
+  detached_access   read only through graph-cutting ops (detach, .data, item) and no effect (warning)
+  dead              used in the forward but never reaches the output (warning)
+  unused            never used in the forward (info: e.g. a template whose copy is the real state)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from hopelab.audit.checks.base import Check, Outcome
+from hopelab.audit.passes import Measurements
+from hopelab.audit.report import Finding
+from hopelab.audit.tracing import GRAPH_CUTTING
+
+
+@dataclass
+class ParameterGradients:
+    """Every trainable parameter sorted by how (or why not) it gets a gradient."""
+
+    status: dict[str, str] = field(default_factory=dict)  # name -> ok | zero_at_init | one of the lists below
+    zero_at_init: list[str] = field(default_factory=list)  # zero at the base point only
+    persistent: list[str] = field(default_factory=list)  # no gradient at either point: the four lists below
+    disconnected: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    detached_access: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+
+
+def classify(m: Measurements) -> ParameterGradients:
+    """Sort the trainable parameters by pass A's and B's gradients, pass F's influence and pass B's accesses."""
+    out = ParameterGradients()
+    for n in m.ctx.trainable:
+        if m.base.grad[n] == "ok":
+            out.status[n] = "ok"
+        elif m.perturbed.grad_full.get(n) == "ok":
+            out.status[n] = "zero_at_init"
+            out.zero_at_init.append(n)
+        else:
+            out.persistent.append(n)
+    for n in out.persistent:
+        changes = m.influence.get(n, (False, "not tested"))[0]
+        ops = m.perturbed.accesses.get(n, {})
+        if changes:
+            kind = "disconnected"
+        elif not ops:
+            kind = "unused"
+        elif set(ops) <= GRAPH_CUTTING:
+            kind = "detached_access"
+        else:
+            kind = "dead"
+        out.status[n] = kind
+        getattr(out, kind).append(n)
+    return out
+
+
+def judge(m: Measurements) -> Outcome:
+    p = classify(m)
+    findings = []
+    if p.disconnected:
+        findings.append(Finding(
+            "disconnected_params", "critical",
+            f"{len(p.disconnected)} parameter(s) change the output but get no gradient (their value reaches the "
+            "forward only through detached copies or detached outputs)",
+            {"parameters": _access_evidence(m, p.disconnected),
+             "why": "finite difference: moving the parameter changes the output, yet d(loss)/d(param) is "
+                    "None or exactly zero at both the base and a perturbed point, so the outer optimizer can "
+                    "never train it (e.g. `.detach().clone()` of an initial state, a detached target)"},
+            p.disconnected))
+    if p.detached_access:
+        findings.append(Finding(
+            "detached_access", "warning",
+            f"{len(p.detached_access)} parameter(s) are read in the forward only through graph-cutting ops "
+            "(detach, .data, item) and do not affect this output",
+            {"parameters": _access_evidence(m, p.detached_access),
+             "why": "diagnostics are harmless; a stale detached copy (taken once, e.g. at reset outside "
+                    "forward) is the review's bug: pass --call to run the reset as training does"},
+            p.detached_access))
+    if p.dead:
+        findings.append(Finding(
+            "dead_params", "warning",
+            f"{len(p.dead)} parameter(s) are used in the forward but never reach the output: no "
+            "gradient (also at a perturbed point) and moving them changes nothing (e.g. writes made after "
+            "the last read)",
+            {"parameters": _access_evidence(m, p.dead)}, p.dead))
+    if p.unused:
+        findings.append(_unused_finding(m, p.unused))
+    n_ok = sum(1 for v in p.status.values() if v in ("ok", "zero_at_init"))
+    status = "fail" if p.disconnected else ("warn" if p.detached_access else "pass")
+    summary = (f"{n_ok}/{len(m.ctx.trainable)} trainable parameters get a gradient; {len(p.disconnected)} "
+               f"disconnected, {len(p.unused)} unused, {len(p.detached_access)} read only through detached "
+               f"copies, {len(p.dead)} dead")
+    return Outcome(status, summary, findings)
+
+
+def _unused_finding(m: Measurements, unused: list[str]) -> Finding:
+    evidence: dict[str, Any] = {"parameters": _access_evidence(m, unused)}
+    resets = _reset_methods(m.ctx.base)
+    if resets:
+        evidence["hint"] = (f"the model defines {', '.join(resets[:4])}: if training calls a reset before the "
+                            "forward (copying parameters into active state), pass --call fn(model, x) that "
+                            "does the same, or the audit cannot see what the reset does")
+    return Finding(
+        "unused_params", "info",
+        f"{len(unused)} parameter(s) are never used in the forward (e.g. a registered template whose "
+        "copy is the real state)",
+        evidence, unused)
+
+
+def _access_evidence(m: Measurements, names: list[str]) -> dict[str, Any]:
+    """Per parameter (24 at most): its gradients, the ops that read it, what moving it did."""
+    return {n: {"grad_base": m.base.grad[n], "grad_perturbed": m.perturbed.grad_full.get(n),
+                "ops_in_forward": m.perturbed.accesses.get(n, {}),
+                "finite_difference": m.influence.get(n, (None, ""))[1]}
+            for n in names[:24]}
+
+
+def _reset_methods(model: nn.Module) -> list[str]:
+    """`Class.reset_*` methods a model defines beyond torch's own (`reset_parameters`)."""
+    found = []
+    for mod in {type(m) for m in model.modules()}:
+        for attr in dir(mod):
+            if "reset" in attr.lower() and attr != "reset_parameters" and not hasattr(nn.Module, attr):
+                if callable(getattr(mod, attr, None)):
+                    found.append(f"{mod.__name__}.{attr}()")
+    return sorted(found)
+
+
+CHECK = Check("gradient_flow", "1 gradient flow (unused vs disconnected)", judge)
