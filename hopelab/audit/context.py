@@ -20,13 +20,21 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from hopelab.audit.target import DefaultLoss, InputSpec, as_output, default_call, load_object, parse_input, user_loss
+from hopelab.audit.target import (
+    DefaultLoss,
+    InputSpec,
+    as_output,
+    default_call,
+    load_object,
+    parse_input,
+    user_loss,
+)
 from hopelab.errors import UserError
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -122,10 +130,10 @@ class AuditOptions:
     def dtypes(self, n_params: int) -> tuple[tuple[torch.dtype, ...], list[str]]:
         """The dtypes to try in order (the next one when the model fails in the previous), and a note on why."""
         if self.dtype == "auto" and n_params > AUTO_FLOAT64_MAX_PARAMS:
-            return (torch.float32,), [
-                f"{n_params:,} parameters: audited in float32 (tolerance {TOLERANCE[torch.float32]:g}) for "
-                f"speed; a leak below that needs --dtype float64 (about 2x slower), or audit a small "
-                f"configuration of the same code"]
+            note = (f"{n_params:,} parameters: audited in float32 (tolerance {TOLERANCE[torch.float32]:g}) for "
+                    f"speed; a leak below that needs --dtype float64 (about 2x slower), or audit a small "
+                    f"configuration of the same code")
+            return (torch.float32,), [note]
         return DTYPE_CHOICES[self.dtype], []
 
 

@@ -8,7 +8,7 @@ its evidence; see hopelab.audit.report.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -3,8 +3,9 @@ outcome (status, one-line summary, findings)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from hopelab.audit.report import CheckResult, Finding
 

@@ -130,9 +130,9 @@ def _reset_methods(model: nn.Module) -> list[str]:
     found = []
     for mod in {type(m) for m in model.modules()}:
         for attr in dir(mod):
-            if "reset" in attr.lower() and attr != "reset_parameters" and not hasattr(nn.Module, attr):
-                if callable(getattr(mod, attr, None)):
-                    found.append(f"{mod.__name__}.{attr}()")
+            own = "reset" in attr.lower() and attr != "reset_parameters" and not hasattr(nn.Module, attr)
+            if own and callable(getattr(mod, attr, None)):
+                found.append(f"{mod.__name__}.{attr}()")
     return sorted(found)
 
 

@@ -21,15 +21,32 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from hopelab.audit.context import AuditContext, AuditOptions, ModelFailed, TOLERANCE, default_dtype, mode_name
-from hopelab.audit.passes.calls import BatchCoupling, RepeatedCalls, batch_coupling, repeat_identical_calls
-from hopelab.audit.passes.gradients import BaseGradients, PerturbedPointTrace, gradients_at_base, trace_perturbed_point
+from hopelab.audit.context import (
+    TOLERANCE,
+    AuditContext,
+    AuditOptions,
+    ModelFailed,
+    default_dtype,
+    mode_name,
+)
+from hopelab.audit.passes.calls import (
+    BatchCoupling,
+    RepeatedCalls,
+    batch_coupling,
+    repeat_identical_calls,
+)
+from hopelab.audit.passes.gradients import (
+    BaseGradients,
+    PerturbedPointTrace,
+    gradients_at_base,
+    trace_perturbed_point,
+)
 from hopelab.audit.passes.influence import parameter_influence
 from hopelab.audit.passes.sweep import PositionSweep, position_sweep
 from hopelab.errors import UserError
