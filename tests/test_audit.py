@@ -248,6 +248,15 @@ def test_renderings():
     assert "FAIL: 1 critical" in text and "Gradient-flow audit" in text
 
 
+def test_report_lists_every_registered_check_once_in_registry_order():
+    from hopelab.audit import CHECKS
+
+    r = run("nonfinite.py:build")  # skipped checks are listed too
+    assert [c.name for c in r.checks] == [c.name for c in CHECKS]
+    assert [c.title for c in r.checks] == [c.title for c in CHECKS]
+    assert len({c.name for c in CHECKS}) == len(CHECKS) == 9
+
+
 # --- names and tracing ------------------------------------------------------------------------------------
 
 

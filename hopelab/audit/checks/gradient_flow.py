@@ -14,7 +14,7 @@ and op tracing (pass B):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -64,37 +64,51 @@ def classify(m: Measurements) -> ParameterGradients:
     return out
 
 
+class _Kind(NamedTuple):
+    finding: str  # Finding.check
+    severity: str
+    title: str  # after the count
+    why: str | None = None  # evidence["why"]
+
+
+# kinds of parameter without gradient, in report order
+_KINDS = {
+    "disconnected": _Kind(
+        "disconnected_params", "critical",
+        "parameter(s) change the output but get no gradient (their value reaches the forward only through "
+        "detached copies or detached outputs)",
+        why="finite difference: moving the parameter changes the output, yet d(loss)/d(param) is None or "
+        "exactly zero at both the base and a perturbed point, so the outer optimizer can never train it (e.g. "
+        "`.detach().clone()` of an initial state, a detached target)"),
+    "detached_access": _Kind(
+        "detached_access", "warning",
+        "parameter(s) are read in the forward only through graph-cutting ops (detach, .data, item) and do not "
+        "affect this output",
+        why="diagnostics are harmless; a stale detached copy (taken once, e.g. at reset outside forward) is the "
+        "review's bug: pass --call to run the reset as training does"),
+    "dead": _Kind(
+        "dead_params", "warning",
+        "parameter(s) are used in the forward but never reach the output: no gradient (also at a perturbed "
+        "point) and moving them changes nothing (e.g. writes made after the last read)"),
+    "unused": _Kind(
+        "unused_params", "info",
+        "parameter(s) are never used in the forward (e.g. a registered template whose copy is the real state)"),
+}
+
+
 def judge(m: Measurements) -> Outcome:
     p = classify(m)
     findings = []
-    if p.disconnected:
-        findings.append(Finding(
-            "disconnected_params", "critical",
-            f"{len(p.disconnected)} parameter(s) change the output but get no gradient (their value reaches the "
-            "forward only through detached copies or detached outputs)",
-            {"parameters": _access_evidence(m, p.disconnected),
-             "why": "finite difference: moving the parameter changes the output, yet d(loss)/d(param) is "
-                    "None or exactly zero at both the base and a perturbed point, so the outer optimizer can "
-                    "never train it (e.g. `.detach().clone()` of an initial state, a detached target)"},
-            p.disconnected))
-    if p.detached_access:
-        findings.append(Finding(
-            "detached_access", "warning",
-            f"{len(p.detached_access)} parameter(s) are read in the forward only through graph-cutting ops "
-            "(detach, .data, item) and do not affect this output",
-            {"parameters": _access_evidence(m, p.detached_access),
-             "why": "diagnostics are harmless; a stale detached copy (taken once, e.g. at reset outside "
-                    "forward) is the review's bug: pass --call to run the reset as training does"},
-            p.detached_access))
-    if p.dead:
-        findings.append(Finding(
-            "dead_params", "warning",
-            f"{len(p.dead)} parameter(s) are used in the forward but never reach the output: no "
-            "gradient (also at a perturbed point) and moving them changes nothing (e.g. writes made after "
-            "the last read)",
-            {"parameters": _access_evidence(m, p.dead)}, p.dead))
-    if p.unused:
-        findings.append(_unused_finding(m, p.unused))
+    for kind, k in _KINDS.items():
+        names = getattr(p, kind)
+        if not names:
+            continue
+        evidence: dict[str, Any] = {"parameters": _access_evidence(m, names)}
+        if k.why:
+            evidence["why"] = k.why
+        if kind == "unused":
+            evidence.update(_reset_hint(m.ctx.base))
+        findings.append(Finding(k.finding, k.severity, f"{len(names)} {k.title}", evidence, names))
     n_ok = sum(1 for v in p.status.values() if v in ("ok", "zero_at_init"))
     status = "fail" if p.disconnected else ("warn" if p.detached_access else "pass")
     summary = (f"{n_ok}/{len(m.ctx.trainable)} trainable parameters get a gradient; {len(p.disconnected)} "
@@ -103,18 +117,14 @@ def judge(m: Measurements) -> Outcome:
     return Outcome(status, summary, findings)
 
 
-def _unused_finding(m: Measurements, unused: list[str]) -> Finding:
-    evidence: dict[str, Any] = {"parameters": _access_evidence(m, unused)}
-    resets = _reset_methods(m.ctx.base)
-    if resets:
-        evidence["hint"] = (f"the model defines {', '.join(resets[:4])}: if training calls a reset before the "
-                            "forward (copying parameters into active state), pass --call fn(model, x) that "
-                            "does the same, or the audit cannot see what the reset does")
-    return Finding(
-        "unused_params", "info",
-        f"{len(unused)} parameter(s) are never used in the forward (e.g. a registered template whose "
-        "copy is the real state)",
-        evidence, unused)
+def _reset_hint(model: nn.Module) -> dict[str, str]:
+    """For unused parameters: the model's own reset methods may be what puts them to use."""
+    resets = _reset_methods(model)
+    if not resets:
+        return {}
+    return {"hint": f"the model defines {', '.join(resets[:4])}: if training calls a reset before the forward "
+                    "(copying parameters into active state), pass --call fn(model, x) that does the same, or "
+                    "the audit cannot see what the reset does"}
 
 
 def _access_evidence(m: Measurements, names: list[str]) -> dict[str, Any]:

@@ -62,7 +62,8 @@ def gradients_at_base(ctx: AuditContext) -> BaseGradients:
     return BaseGradients({n: grad_state(g) for n, g in grads.items()}, nonfinite, ctx.loss_kind, out[0].numel())
 
 
-def trace_perturbed_point(ctx: AuditContext, base: BaseGradients) -> tuple[PerturbedPointTrace, nn.Module, torch.Tensor]:
+def trace_perturbed_point(ctx: AuditContext,
+                          base: BaseGradients) -> tuple[PerturbedPointTrace, nn.Module, torch.Tensor]:
     """Pass B, generic copy, traced. Also returns that copy and its output: pass C calls it a second time."""
     m = ctx.copy(ctx.generic)
     producer_names = N.producer_modules(m)
