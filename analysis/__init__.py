@@ -1,7 +1,7 @@
 """Paper-style figures, tables and a README report from a study directory.
 
-    from analysis import load_study, render_report
-    study = load_study("runs/ablation")            # or "runs/ablation/small"; scale="small" to restrict
+    from analysis import load_results, render_report
+    study = load_results("runs/ablation")            # or "runs/ablation/small"; scale="small" to restrict
     study.runs, study.metrics, study.probes          # tidy DataFrames (analysis.load dtypes)
     render_report(study, "reports/ablation")         # figures/, tables/, README.md
 
@@ -10,9 +10,9 @@ numbers behind tables/figure 4/findings), fig1_cms, fig2_selfmod, fig3_surprise,
 table1_ablation, table2_sweep, findings, report. CLI: `hopelab report|figures|tables` (hopelab/report_cli.py).
 """
 
-from analysis.load import Study, load_study
+from analysis.load import StudyResults, load_results
 from analysis.report import render_figures, render_report, render_tables
 from analysis.summary import ablation_summary, sweep_summary
 
-__all__ = ["Study", "load_study", "render_report", "render_figures", "render_tables", "ablation_summary",
+__all__ = ["StudyResults", "load_results", "render_report", "render_figures", "render_tables", "ablation_summary",
            "sweep_summary"]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (DPI, SEQ_COLORS, display_name, level_name, new_figure, panel_label, paper_style,
@@ -23,7 +23,7 @@ NUMBER = 1
 TITLE = "CMS dynamics"
 
 
-def _periods(study: Study, scale: str, run_name: str) -> list[int] | None:
+def _periods(study: StudyResults, scale: str, run_name: str) -> list[int] | None:
     text = config_value(study, scale, run_name, "cms_periods")
     return [int(p) for p in str(text).split(",")] if text else None
 
@@ -49,7 +49,7 @@ def _lines_by_level(ax, df: pd.DataFrame, metric: str, n_levels: int, periods) -
     ax.legend(title="CMS level")
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     rows, partial = probe_rows(study, scale, "cms")
     if rows.empty:
@@ -139,5 +139,5 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
 
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+def render(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
     return [render_scale(study, s, out_dir, dpi) for s in scales]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.select import focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, display_name, new_figure,
@@ -51,7 +51,7 @@ def _by_component(ax, df: pd.DataFrame, x: str, log_ok: bool = False) -> None:
         ax.set_ylim(0, 1.15 * max(float(band["hi"].max()), 1e-12))
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     rows, partial = probe_rows(study, scale, "selfmod")
     if rows.empty:
@@ -114,5 +114,5 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
 
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+def render(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
     return [render_scale(study, s, out_dir, dpi) for s in scales]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (DPI, display_name, new_figure, no_rows, panel_label, paper_style, run_colors,
@@ -66,7 +66,7 @@ def _boxes(ax, summary: pd.DataFrame, color: str, labels: list[str]) -> None:
         ax.set_yscale("log")
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     rows, partial = probe_rows(study, scale, "surprise")
     gated = rows.loc[rows["metric"].isin(QUANTILES + ["gate_pass_rate"]), "run_name"].unique()
@@ -182,5 +182,5 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
 
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+def render(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
     return [render_scale(study, s, out_dir, dpi) for s in scales]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, PAIRED, losses_by_seed
 from analysis.style import (DPI, SCALE_COLORS, display_name, new_figure, panel_label, paper_style,
                             run_colors, run_name_order, save_figure)
@@ -27,7 +27,7 @@ def _err(r) -> float:
     return (r["delta_hi"] - r["delta_lo"]) / 2 if not math.isnan(r["delta_lo"]) else 0.0
 
 
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+def render(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
     data = ablation_summary(study, scales)
     if data.empty or not data["reference"].any():
         return [Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no Full HOPE run to compare against")]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.select import usable_runs
 from analysis.style import (DPI, VARIANT_LINESTYLES, display_name, new_figure, panel_label, paper_style,
                             run_colors, save_figure, spread)
@@ -42,7 +42,7 @@ def _band(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("step")["value"].agg(mean="mean", lo="min", hi="max").reset_index()
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     m = study.metrics
     m = m[(m["scale"] == scale)]
@@ -136,5 +136,5 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
 
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+def render(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
     return [render_scale(study, s, out_dir, dpi) for s in scales]
