@@ -5,9 +5,10 @@
     study.runs, study.metrics, study.probes          # tidy DataFrames (analysis.load dtypes)
     render_report(study, "reports/ablation")         # figures/, tables/, README.md
 
-Modules: load (study dir -> DataFrames), style (palette, names), stats (intervals, tests), summary (the
-numbers behind tables/figure 4/findings), fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves,
-table1_ablation, table2_sweep, findings, report. CLI: `hopelab report|figures|tables` (hopelab/report_cli.py).
+Modules: load (study dir -> StudyResults: DataFrames), select (rows and seed bands for a figure), style
+(palette, names, panels, band lines), stats (intervals, tests), summary (the numbers behind tables/figure
+4/findings), fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation, table2_sweep,
+registry (every figure and table by number), findings, report. CLI: `hopelab report|figures|tables`.
 """
 
 from analysis.load import StudyResults, load_results

@@ -15,27 +15,17 @@ from typing import Callable
 
 import pandas as pd
 
-from analysis import (fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation,
-                      table2_sweep)
 from analysis.artifacts import FigureOut, Skipped, TableOut, markdown_table
 from analysis.findings import THRESHOLDS, compute_findings, fmt_count
 from analysis.load import StudyResults, failure_label
+from analysis.registry import FIGURES, TABLES, FigureSpec
 from analysis.style import DPI
 from hopelab.errors import UserError
-
-FIGURES: dict[int, tuple[str, object]] = {
-    1: ("CMS dynamics", fig1_cms),
-    2: ("Self-modification", fig2_selfmod),
-    3: ("Surprise gating", fig3_surprise),
-    4: ("Component importance", fig4_importance),
-    5: ("Training curves", fig5_curves),
-}
-TABLES: dict[int, tuple[str, object]] = {1: ("Component ablation", table1_ablation), 2: ("Surprise sweep", table2_sweep)}
 
 Progress = Callable[[str], None]
 
 
-def parse_only(text: str | None, valid: dict[int, tuple]) -> list[int]:
+def parse_only(text: str | None, valid: dict[int, FigureSpec]) -> list[int]:
     """"1,3" -> [1, 3]; None -> every number. Anything else is a UserError naming the valid numbers."""
     if text is None or not str(text).strip():
         return sorted(valid)
@@ -43,7 +33,7 @@ def parse_only(text: str | None, valid: dict[int, tuple]) -> list[int]:
     for part in str(text).split(","):
         part = part.strip()
         if not part.isdigit() or int(part) not in valid:
-            choices = ", ".join(f"{n} ({name})" for n, (name, _) in valid.items())
+            choices = ", ".join(f"{n} ({spec.name})" for n, spec in valid.items())
             raise UserError(f"--only: {part!r} is not a figure number; choose from {choices}")
         out.append(int(part))
     return sorted(set(out))
@@ -51,24 +41,21 @@ def parse_only(text: str | None, valid: dict[int, tuple]) -> list[int]:
 
 def render_figures(study: StudyResults, out_dir: str | Path, only: list[int] | None = None, dpi: int = DPI,
                    progress: Progress | None = None) -> list[FigureOut | Skipped]:
-    out_dir = Path(out_dir)
-    scales = study.scales
     results: list[FigureOut | Skipped] = []
     for number in only or sorted(FIGURES):
-        name, module = FIGURES[number]
         if progress:
-            progress(f"Figure {number}: {name}")
-        results += module.render(study, out_dir, scales, dpi=dpi)
+            progress(f"Figure {number}: {FIGURES[number].name}")
+        results += FIGURES[number].render(study, Path(out_dir), study.scales, dpi)
     return results
 
 
-def render_tables(study: StudyResults, out_dir: str | Path, progress: Progress | None = None) -> list[TableOut | Skipped]:
-    out_dir = Path(out_dir)
-    results = []
-    for number, (name, module) in TABLES.items():
+def render_tables(study: StudyResults, out_dir: str | Path,
+                  progress: Progress | None = None) -> list[TableOut | Skipped]:
+    results: list[TableOut | Skipped] = []
+    for number, spec in TABLES.items():
         if progress:
-            progress(f"Table {number}: {name}")
-        results.append(module.render(study, out_dir, study.scales))
+            progress(f"Table {number}: {spec.name}")
+        results.append(spec.render(study, Path(out_dir), study.scales))
     return results
 
 

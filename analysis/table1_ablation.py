@@ -8,10 +8,8 @@ table and excluded from the means; a cell whose runs all failed shows e.g. "fail
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-
-from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table, write_table
+from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table
 from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, NO_TEST, PAIRED, WELCH, fmt_p, fmt_pm
 from analysis.summary import ablation_summary
@@ -111,7 +109,3 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
     tex = latex_table(header, rows, f"{TITLE}. {caption}", "tab:ablation", notes=notes)
     return TableOut(NUMBER, STEM, TITLE, caption, md, tex, data)
 
-
-def render(study: StudyResults, out_dir: Path, scales: list[str] | None = None) -> TableOut | Skipped:
-    table = build(study, scales)
-    return write_table(table, out_dir) if isinstance(table, TableOut) else table
