@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
-from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.select import config_value, focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (DPI, SEQ_COLORS, band_line, display_name, level_name, new_figure, panel_label,
                             paper_style, run_colors, run_name_order, save_figure, spread)
@@ -52,9 +52,8 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     if rows.empty:
         return Skipped(NUMBER, what, "no CMS probe rows (no run with a CMS, or probes were off)", scale)
     reference = reference_run_name(study, scale)
-    focus = focus_run_name(rows, reference or "hope")
+    focus, df = focus_rows(rows, reference)
     colors = run_colors(study.runs_at(scale)["run_name"].dropna().unique(), reference)
-    df = rows[rows["run_name"] == focus]
     levels = sorted(int(x) for x in df["level"].dropna().unique())
     n_levels = len(levels)
     periods = _periods(study, scale, focus)

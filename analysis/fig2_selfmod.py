@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
-from analysis.select import focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.select import focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, band_line, display_name,
                             new_figure, no_rows, panel_label, paper_style, save_figure)
@@ -58,8 +58,7 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     if rows.empty:
         return Skipped(NUMBER, what, "no self-modification probe rows (no in-context memory, or probes off)", scale)
     # full HOPE first; "hope_no_selfmod"/"titans" only carry the memory component
-    focus = focus_run_name(rows, reference_run_name(study, scale) or "hope")
-    df = rows[rows["run_name"] == focus]
+    focus, df = focus_rows(rows, reference_run_name(study, scale))
     name = display_name(focus)
     drift = df[df["metric"] == "drift_init"]
     rel = df[(df["metric"] == "rel_drift_meta_fast") & df["position"].isna()]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
-from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.select import config_value, focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
 from analysis.style import (DPI, band_line, display_name, new_figure, no_rows, panel_label, paper_style,
                             run_colors, run_name_order, save_figure)
@@ -76,9 +76,8 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     if rows.empty:
         return Skipped(NUMBER, what, "no surprise probe rows (no gated variant, or probes off)", scale)
     reference = reference_run_name(study, scale)
-    focus = focus_run_name(rows, reference or "hope")
+    focus, df = focus_rows(rows, reference)
     colors = run_colors(study.runs_at(scale)["run_name"].dropna().unique(), reference)
-    df = rows[rows["run_name"] == focus]
     last = last_step_rows(df)
     tau = config_value(study, scale, focus, "surprise_threshold")
     mode = config_value(study, scale, focus, "surprise_mode")

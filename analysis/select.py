@@ -37,12 +37,13 @@ def probe_rows(study: StudyResults, scale: str, probe: str) -> tuple[pd.DataFram
     return rows, partial
 
 
-def focus_run_name(rows: pd.DataFrame, prefer: str = "hope") -> str | None:
-    """The run a mechanism figure shows: full HOPE if it has rows, else the first run (paper order) that does."""
+def focus_rows(rows: pd.DataFrame, reference: str | None) -> tuple[str | None, pd.DataFrame]:
+    """The run a mechanism figure shows and its rows: the reference (full HOPE, "hope" when the study has
+    none) if it has rows, else the first run (paper order) that does."""
     names = set(rows["run_name"].dropna())
-    if not names:
-        return None
-    return prefer if prefer in names else run_name_order(names)[0]
+    prefer = reference or "hope"
+    focus = None if not names else prefer if prefer in names else run_name_order(names)[0]
+    return focus, rows[rows["run_name"] == focus]
 
 
 def seed_band(df: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
