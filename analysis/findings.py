@@ -156,7 +156,6 @@ def _cms_finding(study: StudyResults, scales: list[str]) -> Claim | None:
                 f"(step {step}, mean over layers, n = {m.n} seed{'s' if m.n != 1 else ''}): {_cos_word(m.mean)}")
         numbers[scale] = {"cos_sim": m.mean, "half": m.half}
         # other CMS settings of full HOPE (e.g. a periods study: hope-p4-16, hope-p8-8)
-        runs = study.runs_at(scale)
         others = [n for n in ablation_run_names(study, scale) if n != ref and n.partition("-")[0] == "hope"]
         extra = []
         for name in sorted(others):
