@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
-from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.load import StudyResults
+from analysis.select import config_value, focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
-from analysis.style import (DPI, SEQ_COLORS, display_name, level_name, new_figure, panel_label, paper_style,
-                            run_colors, run_name_order, save_figure, spread)
+from analysis.style import (DPI, SEQ_COLORS, band_line, display_name, level_name, new_figure, panel_label,
+                            paper_style, run_colors, run_name_order, save_figure, spread)
 
 NUMBER = 1
 TITLE = "CMS dynamics"
 
 
-def _periods(study: Study, scale: str, run_name: str) -> list[int] | None:
+def _periods(study: StudyResults, scale: str, run_name: str) -> list[int] | None:
     text = config_value(study, scale, run_name, "cms_periods")
     return [int(p) for p in str(text).split(",")] if text else None
 
@@ -41,23 +41,19 @@ def _relative_gap(norms: pd.DataFrame) -> float | None:
 def _lines_by_level(ax, df: pd.DataFrame, metric: str, n_levels: int, periods) -> None:
     band = seed_band(df[df["metric"] == metric], ["level", "step"])
     for i, (level, g) in enumerate(band.groupby("level")):
-        g = g.sort_values("step")
-        color = SEQ_COLORS[i % len(SEQ_COLORS)]
-        ax.plot(g["step"], g["mean"], marker="o", ms=3.5, color=color, label=level_name(int(level), n_levels, periods))
-        ax.fill_between(g["step"], g["lo"], g["hi"], color=color, alpha=0.2, lw=0)
-    ax.set_xlabel("training step")
+        band_line(ax, g.sort_values("step"), "step", SEQ_COLORS[i % len(SEQ_COLORS)], alpha=0.2, marker="o", ms=3.5,
+                  label=level_name(int(level), n_levels, periods))
     ax.legend(title="CMS level")
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     rows, partial = probe_rows(study, scale, "cms")
     if rows.empty:
         return Skipped(NUMBER, what, "no CMS probe rows (no run with a CMS, or probes were off)", scale)
     reference = reference_run_name(study, scale)
-    focus = focus_run_name(rows, reference or "hope")
+    focus, df = focus_rows(rows, reference)
     colors = run_colors(study.runs_at(scale)["run_name"].dropna().unique(), reference)
-    df = rows[rows["run_name"] == focus]
     levels = sorted(int(x) for x in df["level"].dropna().unique())
     n_levels = len(levels)
     periods = _periods(study, scale, focus)
@@ -68,17 +64,15 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
         axes = axes.ravel()
         ax = axes[0]
         _lines_by_level(ax, df, "param_norm", n_levels, periods)
-        ax.set_ylabel("parameter L2 norm (mean over layers)")
         gap = _relative_gap(df[df["metric"] == "param_norm"])
         if gap is not None:  # the y axis is zoomed: say how large the gap between levels really is
             ax.text(0.98, 0.04, f"largest gap to the fast level at the last step: {100 * gap:+.2f}%",
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
-        panel_label(ax, "a", "Level parameter norms")
+        panel_label(ax, "a", "Level parameter norms", "training step", "parameter L2 norm (mean over layers)")
 
         ax = axes[1]
         _lines_by_level(ax, df[df["step"] > 0], "drift_prev", n_levels, periods)  # step 0: no previous
-        ax.set_ylabel("‖θ(t) − θ(t−1)‖₂, mean over layers")
-        panel_label(ax, "b", "Inter-checkpoint drift")
+        panel_label(ax, "b", "Inter-checkpoint drift", "training step", "‖θ(t) − θ(t−1)‖₂, mean over layers")
 
         ax = axes[2]
         cos = rows[rows["metric"] == "cos_sim"]
@@ -90,19 +84,15 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
                 g = band[(band["run_name"] == run_name) & (band["level"] == a) & (band["level_other"] == b)]
                 if g.empty:
                     continue
-                g = g.sort_values("step")
-                color = colors.get(run_name, "black")
                 pair = f" {level_name(a, n_levels)}–{level_name(b, n_levels)}" if len(pairs) > 1 else ""
-                ax.plot(g["step"], g["mean"], ls=styles[j % 4], marker="o", ms=3.5, color=color,
-                        label=display_name(run_name) + pair, lw=2.2 if run_name == focus else 1.3)
-                ax.fill_between(g["step"], g["lo"], g["hi"], color=color, alpha=0.15, lw=0)
+                band_line(ax, g.sort_values("step"), "step", colors.get(run_name, "black"), alpha=0.15,
+                          ls=styles[j % 4], marker="o", ms=3.5, label=display_name(run_name) + pair,
+                          lw=2.2 if run_name == focus else 1.3)
         if len(band):
             ax.set_ylim(min(0.0, float(band["lo"].min()) - 0.05), 1.02)
         ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("cosine similarity of level outputs")
         ax.legend(title="variant")
-        panel_label(ax, "c", "Fast vs slow output similarity")
+        panel_label(ax, "c", "Fast vs slow output similarity", "training step", "cosine similarity of level outputs")
 
         ax = axes[3]
         last = last_step_rows(df[df["metric"] == "param_norm"])
@@ -112,17 +102,15 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
         for i, level in enumerate(levels):  # points, not bars: the y axis does not start at 0
             g = band[band["level"] == level].set_index("layer").reindex(layers)
             x = np.arange(len(layers)) + (i - (n_levels - 1) / 2) * width
-            ax.errorbar(x, g["mean"], yerr=spread(g["mean"], g["lo"], g["hi"]), color=SEQ_COLORS[i % len(SEQ_COLORS)], marker="o", ms=6, ls="none",
-                        capsize=3, label=level_name(level, n_levels, periods))
+            ax.errorbar(x, g["mean"], yerr=spread(g["mean"], g["lo"], g["hi"]), color=SEQ_COLORS[i % len(SEQ_COLORS)],
+                        marker="o", ms=6, ls="none", capsize=3, label=level_name(level, n_levels, periods))
         if len(band):
             lo, hi = float(band["lo"].min()), float(band["hi"].max())
             pad = max((hi - lo) * 0.3, abs(hi) * 0.002)
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(np.arange(len(layers)), [str(layer) for layer in layers])
-        ax.set_xlabel("layer")
-        ax.set_ylabel("parameter L2 norm at last checkpoint")
         ax.legend(title="CMS level")
-        panel_label(ax, "d", "Per-layer norms")
+        panel_label(ax, "d", "Per-layer norms", "layer", "parameter L2 norm at last checkpoint")
         fig.suptitle(f"Figure {NUMBER}: {TITLE} — {name}, {scale} scale")
 
         stem = f"fig{NUMBER}_cms_{scale}"
@@ -131,13 +119,11 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     period_txt = f" (update periods C = {', '.join(map(str, periods))} tokens)" if periods else ""
     caption = (
         f"CMS dynamics of {name} at the {scale} scale{period_txt}. (a) L2 norm of each level's parameters "
-        "(mean over layers) over training, on a zoomed axis (the annotation gives the relative gap); (b) L2 distance between consecutive checkpoints per level; (c) cosine "
+        "(mean over layers) over training, on a zoomed axis (the annotation gives the relative gap); (b) L2 distance "
+        "between consecutive checkpoints per level; (c) cosine "
         "similarity between the outputs of the fast and slow levels on the fixed probe batch (1 = identical "
         "direction), for every run with a CMS; (d) per-layer parameter norms at the last checkpoint (mean over "
         f"seeds, error bars min–max). {seeds_note(df, partial)}"
     )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
-
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
-    return [render_scale(study, s, out_dir, dpi) for s in scales]

@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
-from analysis.select import focus_run_name, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.load import StudyResults
+from analysis.select import focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
-from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, display_name, new_figure,
-                            no_rows, panel_label, paper_style, save_figure)
+from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, band_line, display_name,
+                            new_figure, no_rows, panel_label, paper_style, save_figure)
 
 NUMBER = 2
 TITLE = "Self-modification"
@@ -34,31 +34,31 @@ def _color(component: str) -> str:
     return SEQ_COLORS[idx % len(SEQ_COLORS)]
 
 
-def _by_component(ax, df: pd.DataFrame, x: str, log_ok: bool = False) -> None:
-    """Mean over layers per component, band over seeds. Y from 0 (distances and ratios), or log when
-    `log_ok` and the components span more than 30x."""
+def _by_component(ax, df: pd.DataFrame, x: str, metric: str, log_ok: bool = False) -> bool:
+    """Mean over layers per component, band over seeds, and a legend. Y from 0 (distances and ratios), or log
+    when `log_ok` and the components span more than 30x. Without rows: says so in the panel, returns False."""
+    if df.empty:
+        no_rows(ax, metric)
+        return False
     band = seed_band(df, ["component", x])
     for comp in _components(df):
-        g = band[band["component"] == comp].sort_values(x)
-        color = _color(comp)
-        ax.plot(g[x], g["mean"], marker="o", ms=3, color=color, label=COMPONENT_NAMES.get(comp, comp))
-        ax.fill_between(g[x], g["lo"], g["hi"], color=color, alpha=0.18, lw=0)
-    if not len(band):
-        return
+        band_line(ax, band[band["component"] == comp].sort_values(x), x, _color(comp), marker="o", ms=3,
+                  label=COMPONENT_NAMES.get(comp, comp))
     if log_ok and (band["lo"] > 0).all() and band["hi"].max() / band["lo"].min() > 30:
         ax.set_yscale("log")
     else:  # start at 0 so that "flat" looks flat
         ax.set_ylim(0, 1.15 * max(float(band["hi"].max()), 1e-12))
+    ax.legend(title="component", ncol=2)
+    return True
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     rows, partial = probe_rows(study, scale, "selfmod")
     if rows.empty:
         return Skipped(NUMBER, what, "no self-modification probe rows (no in-context memory, or probes off)", scale)
     # full HOPE first; "hope_no_selfmod"/"titans" only carry the memory component
-    focus = focus_run_name(rows, reference_run_name(study, scale) or "hope")
-    df = rows[rows["run_name"] == focus]
+    focus, df = focus_rows(rows, reference_run_name(study, scale))
     name = display_name(focus)
     drift = df[df["metric"] == "drift_init"]
     rel = df[(df["metric"] == "rel_drift_meta_fast") & df["position"].isna()]
@@ -67,37 +67,18 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     with paper_style():
         fig, axes = new_figure(3, panel_w=4.6, panel_h=3.6)
         ax = axes[0, 0]
-        if len(drift):
-            _by_component(ax, drift, "step", log_ok=True)
-            ax.legend(title="component", ncol=2)
-        else:
-            no_rows(ax, "drift_init")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("‖θ_meta − θ_init‖₂, mean over layers")
-        panel_label(ax, "a", "Meta-state drift from init")
+        _by_component(ax, drift, "step", "drift_init", log_ok=True)
+        panel_label(ax, "a", "Meta-state drift from init", "training step", "‖θ_meta − θ_init‖₂, mean over layers")
 
         ax = axes[0, 1]
-        if len(rel):
-            _by_component(ax, rel, "step")
+        if _by_component(ax, rel, "step", "rel_drift_meta_fast"):
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
-            ax.legend(title="component", ncol=2)
-        else:
-            no_rows(ax, "rel_drift_meta_fast")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("‖θ_fast − θ_meta‖ / ‖θ_meta‖")
-        panel_label(ax, "b", "Fast state vs meta state")
+        panel_label(ax, "b", "Fast state vs meta state", "training step", "‖θ_fast − θ_meta‖ / ‖θ_meta‖")
 
         ax = axes[0, 2]
-        if len(pos):
-            _by_component(ax, pos, "position")
-            ax.legend(title="component", ncol=2)
-            step = int(pos["step"].max())
-            ax.set_title(f"(c) By position, step {step}", loc="left")
-        else:
-            no_rows(ax, "per-position")
-            panel_label(ax, "c", "By position")
-        ax.set_xlabel("tokens consumed in the sequence")
-        ax.set_ylabel("‖θ_fast − θ_meta‖ / ‖θ_meta‖")
+        at_step = f", step {int(pos['step'].max())}" if _by_component(ax, pos, "position", "per-position") else ""
+        panel_label(ax, "c", f"By position{at_step}", "tokens consumed in the sequence",
+                    "‖θ_fast − θ_meta‖ / ‖θ_meta‖")
         fig.suptitle(f"Figure {NUMBER}: {TITLE} — {name}, {scale} scale")
         stem = f"fig{NUMBER}_selfmod_{scale}"
         paths = save_figure(fig, out_dir, stem, dpi)
@@ -113,6 +94,3 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
-
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
-    return [render_scale(study, s, out_dir, dpi) for s in scales]

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
-from analysis.select import config_value, focus_run_name, last_step_rows, probe_rows, seeds_note
+from analysis.load import StudyResults
+from analysis.select import config_value, focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
 from analysis.summary import reference_run_name
-from analysis.style import (DPI, display_name, new_figure, no_rows, panel_label, paper_style, run_colors,
-                            run_name_order, save_figure)
+from analysis.style import (DPI, band_line, display_name, new_figure, no_rows, panel_label, paper_style,
+                            run_colors, run_name_order, save_figure)
 
 NUMBER = 3
 TITLE = "Surprise gating"
@@ -50,7 +50,9 @@ def pass_rate_at(rows: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return g[np.isclose(g["threshold"].astype(float), threshold, rtol=1e-6, atol=1e-12)]
 
 
-def _boxes(ax, summary: pd.DataFrame, color: str, labels: list[str]) -> None:
+def _boxes(ax, summary: pd.DataFrame, color: str, all_label: str) -> None:
+    """One box per layer of a `quantile_summary`; the row without a layer is labelled `all_label`."""
+    labels = [str(int(v)) if not math.isnan(v) else all_label for v in summary["layer"]]
     x = np.arange(len(summary))
     for i, (_, r) in enumerate(summary.iterrows()):
         ax.vlines(i, r["min"], r["max"], color=color, lw=1.2)
@@ -66,7 +68,7 @@ def _boxes(ax, summary: pd.DataFrame, color: str, labels: list[str]) -> None:
         ax.set_yscale("log")
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     rows, partial = probe_rows(study, scale, "surprise")
     gated = rows.loc[rows["metric"].isin(QUANTILES + ["gate_pass_rate"]), "run_name"].unique()
@@ -74,9 +76,8 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     if rows.empty:
         return Skipped(NUMBER, what, "no surprise probe rows (no gated variant, or probes off)", scale)
     reference = reference_run_name(study, scale)
-    focus = focus_run_name(rows, reference or "hope")
+    focus, df = focus_rows(rows, reference)
     colors = run_colors(study.runs_at(scale)["run_name"].dropna().unique(), reference)
-    df = rows[rows["run_name"] == focus]
     last = last_step_rows(df)
     tau = config_value(study, scale, focus, "surprise_threshold")
     mode = config_value(study, scale, focus, "surprise_mode")
@@ -90,36 +91,31 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
         ax = axes[0]
         s = quantile_summary(last).sort_values("layer")
         if len(s):
-            _boxes(ax, s, color, [str(int(v)) if not math.isnan(v) else "all" for v in s["layer"]])
+            _boxes(ax, s, color, "all")
             if tau is not None and tau > 0:
                 ax.axhline(tau, color="#C00000", ls="--", lw=1.5, label=f"threshold τ = {tau:g}")
                 ax.legend(loc="lower right")
         else:
             no_rows(ax, "surprise quantile")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("surprise ½‖M(kₜ) − v̂ₜ‖² (gate units)")
-        panel_label(ax, "a", "Per-token surprise")
+        panel_label(ax, "a", "Per-token surprise", "layer", "surprise ½‖M(kₜ) − v̂ₜ‖² (gate units)")
 
         ax = axes[1]
         ce = quantile_summary(last, prefix="ce_").sort_values("layer")
         if len(ce):
-            _boxes(ax, ce, "#555555", [str(int(v)) if not math.isnan(v) else "all tokens" for v in ce["layer"]])
+            _boxes(ax, ce, "#555555", "all tokens")
             ax.set_xlabel("layer" if ce["layer"].notna().any() else "")
         else:
             no_rows(ax, "ce_*")
-        ax.set_ylabel("per-token cross-entropy (nats)")
-        panel_label(ax, "b", "Per-token LM loss")
+        panel_label(ax, "b", "Per-token LM loss", ylabel="per-token cross-entropy (nats)")
 
         ax = axes[2]
         gate = last[(last["metric"] == "gate_pass_rate") & (last["threshold"] > 0)]
         if len(gate):
             per_seed = gate.groupby(["threshold", "layer", "seed"], dropna=False)["value"].mean().reset_index()
             per_layer = per_seed.groupby(["threshold", "layer"], dropna=False)["value"].mean().reset_index()
-            band = per_layer.groupby("threshold")["value"].agg(["mean", "min", "max"]).reset_index()
-            ax.plot(band["threshold"], 100 * band["mean"], marker="o", ms=3.5, color=color,
-                    label=f"{name}, mean over layers")
-            ax.fill_between(band["threshold"], 100 * band["min"], 100 * band["max"], color=color, alpha=0.2,
-                            lw=0, label="min–max over layers")
+            band = per_layer.groupby("threshold")["value"].agg(mean="mean", lo="min", hi="max").reset_index()
+            band_line(ax, band, "threshold", color, alpha=0.2, scale=100, band_label="min–max over layers",
+                      marker="o", ms=3.5, label=f"{name}, mean over layers")
             ax.set_xscale("log")
             if tau is not None and tau > 0:
                 at = band[np.isclose(band["threshold"], tau)]
@@ -132,9 +128,8 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             ax.legend(loc="lower left")
         else:
             no_rows(ax, "gate_pass_rate")
-        ax.set_xlabel("surprise threshold τ (gate units, log scale)")
-        ax.set_ylabel("tokens passing the gate (%)")
-        panel_label(ax, "c", "Gate pass rate vs threshold")
+        panel_label(ax, "c", "Gate pass rate vs threshold", "surprise threshold τ (gate units, log scale)",
+                    "tokens passing the gate (%)")
 
         ax = axes[3]
         drawn = 0
@@ -147,22 +142,16 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             g = pass_rate_at(rows[rows["run_name"] == run_name], float(t))
             if g.empty:
                 continue
-            per_seed = g.groupby(["step", "seed"])["value"].mean().reset_index()
-            band = per_seed.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
-            c = colors.get(run_name, "black")
-            ls = "-" if "-" not in run_name else "--"
-            ax.plot(band["step"], 100 * band["mean"], marker="o", ms=3, ls=ls, color=c,
-                    label=f"{display_name(run_name)} (τ={float(t):g})")
-            ax.fill_between(band["step"], 100 * band["min"], 100 * band["max"], color=c, alpha=0.12, lw=0)
+            band_line(ax, seed_band(g, ["step"]), "step", colors.get(run_name, "black"), alpha=0.12, scale=100,
+                      marker="o", ms=3, ls="-" if "-" not in run_name else "--",
+                      label=f"{display_name(run_name)} (τ={float(t):g})")
             drawn += 1
         if not drawn:
             no_rows(ax, "pass-rate", "at a configured τ")
         else:
             ax.legend(fontsize=7.5, loc="lower left")
         ax.set_ylim(-2, 102)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("tokens passing the gate at own τ (%)")
-        panel_label(ax, "d", "Pass rate over training")
+        panel_label(ax, "d", "Pass rate over training", "training step", "tokens passing the gate at own τ (%)")
         fig.suptitle(f"Figure {NUMBER}: {TITLE} — {name}, {scale} scale")
         stem = f"fig{NUMBER}_surprise_{scale}"
         paths = save_figure(fig, out_dir, stem, dpi)
@@ -181,6 +170,3 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
-
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
-    return [render_scale(study, s, out_dir, dpi) for s in scales]

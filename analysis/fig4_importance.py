@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, PAIRED, losses_by_seed
 from analysis.style import (DPI, SCALE_COLORS, display_name, new_figure, panel_label, paper_style,
                             run_colors, run_name_order, save_figure)
@@ -27,14 +27,15 @@ def _err(r) -> float:
     return (r["delta_hi"] - r["delta_lo"]) / 2 if not math.isnan(r["delta_lo"]) else 0.0
 
 
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
+def render_all(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> FigureOut | Skipped:
+    """One figure across every scale."""
     data = ablation_summary(study, scales)
     if data.empty or not data["reference"].any():
-        return [Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no Full HOPE run to compare against")]
+        return Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no Full HOPE run to compare against")
     refs = dict(zip(data.loc[data["reference"], "scale"], data.loc[data["reference"], "run_name"]))
     data = data[~data["reference"] & data["delta"].notna()]
     if data.empty:
-        return [Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no finished variant besides Full HOPE")]
+        return Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no finished variant besides Full HOPE")
     scales = [s for s in scales if (data["scale"] == s).any()]
     colors = run_colors(list(data["run_name"]) + list(refs.values()), refs.get(scales[0]))
     names = run_name_order(data["run_name"].unique())
@@ -68,9 +69,8 @@ def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> li
             hi = max(0.0, float((data["delta"] + data.apply(_err, axis=1)).max()))
             pad = 0.22 * (hi - lo or 1.0)
             ax.set_xlim(lo - pad, hi + pad)  # one x range for every scale panel: comparable at a glance
-            ax.set_xlabel("Δ final val loss vs Full HOPE (nats)")
             ax.grid(axis="y", visible=False)
-            panel_label(ax, letters[i], f"{scale} scale")
+            panel_label(ax, letters[i], f"{scale} scale", xlabel="Δ final val loss vs Full HOPE (nats)")
 
         if len(scales) > 1:
             ax = axes[len(scales)]
@@ -83,10 +83,9 @@ def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> li
                        color=SCALE_COLORS[j % len(SCALE_COLORS)], label=scale)
             ax.axhline(0, color="black", lw=0.9)
             ax.set_xticks(x, [display_name(n) for n in names], rotation=35, ha="right")
-            ax.set_ylabel("Δ final val loss vs Full HOPE (nats)")
             ax.legend(title="scale")
             ax.grid(axis="x", visible=False)
-            panel_label(ax, letters[len(scales)], "Across scales")
+            panel_label(ax, letters[len(scales)], "Across scales", ylabel="Δ final val loss vs Full HOPE (nats)")
         fig.suptitle(f"Figure {NUMBER}: {TITLE} — Δ = variant − Full HOPE (positive = worse than Full HOPE)")
         paths = save_figure(fig, out_dir, STEM, dpi)
 
@@ -98,4 +97,4 @@ def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> li
         + ("The last panel sets the scales side by side. " if len(scales) > 1 else "")
         + "Failed runs are excluded (Table 1 lists them)."
     )
-    return [FigureOut(NUMBER, STEM, TITLE, caption, paths, None)]
+    return FigureOut(NUMBER, STEM, TITLE, caption, paths, None)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped
-from analysis.load import Study
-from analysis.select import usable_runs
-from analysis.style import (DPI, VARIANT_LINESTYLES, display_name, new_figure, panel_label, paper_style,
-                            run_colors, save_figure, spread)
+from analysis.load import StudyResults
+from analysis.select import seed_band, usable_runs
+from analysis.style import (DPI, VARIANT_LINESTYLES, band_line, display_name, new_figure, panel_label,
+                            paper_style, run_colors, save_figure, spread)
 from analysis.summary import ablation_run_names, reference_run_name
 from hopelab.runs import STATUS_DONE, STATUS_FAILED
 
@@ -39,10 +39,11 @@ def _smoothed(df: pd.DataFrame, window: int) -> pd.DataFrame:
 
 
 def _band(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and min–max over the runs (one per seed) of a cell's smoothed curves, per step."""
     return df.groupby("step")["value"].agg(mean="mean", lo="min", hi="max").reset_index()
 
 
-def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
+def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI) -> FigureOut | Skipped:
     what = f"Figure {NUMBER} ({TITLE}, {scale})"
     m = study.metrics
     m = m[(m["scale"] == scale)]
@@ -76,8 +77,7 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             if len(mean_part):
                 b = _band(mean_part)
                 for ax in axes[:2]:
-                    ax.plot(b["step"], b["mean"], color=color, ls="--" if unfinished else ls, lw=1.6, label=label)
-                    ax.fill_between(b["step"], b["lo"], b["hi"], color=color, alpha=0.18, lw=0)
+                    band_line(ax, b, "step", color, ls="--" if unfinished else ls, lw=1.6, label=label)
                 zoom_vals.append(b[b["step"] >= zoom_from][["lo", "hi"]])
             for run_id in sorted(set(cell["run_id"]) & failed_ids):
                 g = cell[cell["run_id"] == run_id]
@@ -95,15 +95,12 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             if has_val:
                 v = val[val["run_name"] == name]
                 if len(v):
-                    per_seed = v.groupby(["step", "seed"])["value"].mean().reset_index()
-                    b = per_seed.groupby("step")["value"].agg(mean="mean", lo="min", hi="max").reset_index()
+                    b = seed_band(v, ["step"])
                     axes[2].errorbar(b["step"], b["mean"], yerr=spread(b["mean"], b["lo"], b["hi"]),
                                      color=color, ls=ls, marker="o", ms=3.5, capsize=2, lw=1.3)
         ax = axes[0]
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"train loss (nats/token, {window}-step mean)")
         ax.legend(ncol=1, fontsize=7.5)
-        panel_label(ax, "a", "Whole run")
+        panel_label(ax, "a", "Whole run", "training step", f"train loss (nats/token, {window}-step mean)")
         ax = axes[1]
         ax.set_xlim(zoom_from, max_step)
         if zoom_vals:
@@ -111,14 +108,9 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
             lo, hi = float(z["lo"].min()), float(z["hi"].max())
             pad = 0.06 * (hi - lo or 1.0)
             ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("train loss (nats/token)")
-        panel_label(ax, "b", f"Final {int(ZOOM * 100)}% of steps")
+        panel_label(ax, "b", f"Final {int(ZOOM * 100)}% of steps", "training step", "train loss (nats/token)")
         if has_val:
-            ax = axes[2]
-            ax.set_xlabel("training step")
-            ax.set_ylabel("validation loss (nats/token)")
-            panel_label(ax, "c", "Validation loss")
+            panel_label(axes[2], "c", "Validation loss", "training step", "validation loss (nats/token)")
         fig.suptitle(f"Figure {NUMBER}: {TITLE} — {scale} scale")
         stem = f"fig{NUMBER}_curves_{scale}"
         paths = save_figure(fig, out_dir, stem, dpi)
@@ -135,6 +127,3 @@ def render_scale(study: Study, scale: str, out_dir: Path, dpi: int = DPI) -> Fig
     )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 
-
-def render(study: Study, out_dir: Path, scales: list[str], dpi: int = DPI) -> list[FigureOut | Skipped]:
-    return [render_scale(study, s, out_dir, dpi) for s in scales]

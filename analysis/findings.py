@@ -1,7 +1,7 @@
 """Short findings computed from the numbers: each claim carries its number and interval, and the wording
 follows fixed thresholds (stated in the report), never a hard-coded conclusion.
 
-    findings = compute_findings(study, scales)   # list[Finding]; Finding.text is one Markdown bullet
+    findings = compute_findings(study, scales)   # list[Claim]; Claim.text is one Markdown bullet
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
 from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
 from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name
@@ -42,7 +42,9 @@ THRESHOLDS = [
 
 
 @dataclass
-class Finding:
+class Claim:
+    """One finding of the report: its Markdown sentence and the numbers it rests on."""
+
     topic: str
     text: str
     numbers: dict = field(default_factory=dict)
@@ -84,6 +86,16 @@ def fmt_delta(r: pd.Series) -> str:
             f"{r['test']}, n = {int(r['n_done'])})")
 
 
+def _plus_minus(half: float) -> str:
+    """" ± 0.012", or nothing when there is no interval (one seed)."""
+    return f" ± {half:.3f}" if not math.isnan(half) else ""
+
+
+def _claim(topic: str, lead: str, parts: list[str], numbers: dict | None = None) -> Claim | None:
+    """One sentence: `lead` then the parts joined by "; "; None when there is nothing to say."""
+    return Claim(topic, lead + "; ".join(parts) + ".", numbers or {}) if parts else None
+
+
 def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
     sel = ab[(ab["scale"] == scale) & (ab["run_name"] == run_name)]
     return sel.iloc[0] if len(sel) and sel.iloc[0]["n_done"] > 0 else None
@@ -92,7 +104,7 @@ def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
 _REMOVES = {"hope_no_selfmod": "self-modification", "hope_no_cms": "the CMS", "hope_no_surprise": "the surprise gate"}
 
 
-def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str) -> Finding | None:
+def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str) -> Claim | None:
     what = _REMOVES[variant]
     parts, numbers = [], {}
     for scale in scales:
@@ -113,10 +125,10 @@ def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str) -> Find
         ratio = numbers[hurt[-1]]["delta"] / numbers[hurt[0]]["delta"]
         text += f" Its cost changes ×{ratio:.1f} from {hurt[0]} to {hurt[-1]}."
         numbers["ratio"] = ratio
-    return Finding(what, text[0].upper() + text[1:], numbers)
+    return Claim(what, text[0].upper() + text[1:], numbers)
 
 
-def _cms_similarity(study: Study, scale: str, run_name: str):
+def _cms_similarity(study: StudyResults, scale: str, run_name: str):
     """(MeanCI over seeds of the mean cos sim over layers and level pairs, step) at the last checkpoint."""
     rows, _ = probe_rows(study, scale, "cms")
     rows = rows[(rows["run_name"] == run_name) & (rows["metric"] == "cos_sim")]
@@ -132,7 +144,7 @@ def _cos_word(cos: float) -> str:
             else "partly redundant")
 
 
-def _cms_finding(study: Study, scales: list[str]) -> Finding | None:
+def _cms_finding(study: StudyResults, scales: list[str]) -> Claim | None:
     parts, numbers = [], {}
     for scale in scales:
         ref = reference_run_name(study, scale)
@@ -140,29 +152,24 @@ def _cms_finding(study: Study, scales: list[str]) -> Finding | None:
         if got is None:
             continue
         m, step = got
-        ci = f" ± {m.half:.3f}" if not math.isnan(m.half) else ""
-        text = (f"at {scale}, cosine similarity of fast vs slow level outputs = {m.mean:.3f}{ci} "
+        text = (f"at {scale}, cosine similarity of fast vs slow level outputs = {m.mean:.3f}{_plus_minus(m.half)} "
                 f"(step {step}, mean over layers, n = {m.n} seed{'s' if m.n != 1 else ''}): {_cos_word(m.mean)}")
         numbers[scale] = {"cos_sim": m.mean, "half": m.half}
         # other CMS settings of full HOPE (e.g. a periods study: hope-p4-16, hope-p8-8)
-        runs = study.runs_at(scale)
         others = [n for n in ablation_run_names(study, scale) if n != ref and n.partition("-")[0] == "hope"]
         extra = []
         for name in sorted(others):
             o = _cms_similarity(study, scale, name)
             if o is not None:
-                extra.append(f"{display_name(name)} {o[0].mean:.3f}" + (f" ± {o[0].half:.3f}" if not math.isnan(
-                    o[0].half) else "") + f" ({_cos_word(o[0].mean)})")
+                extra.append(f"{display_name(name)} {o[0].mean:.3f}{_plus_minus(o[0].half)} ({_cos_word(o[0].mean)})")
                 numbers[(scale, name)] = o[0].mean
         if extra:
             text += "; other settings: " + ", ".join(extra)
         parts.append(text)
-    if not parts:
-        return None
-    return Finding("CMS levels", "CMS levels: " + "; ".join(parts) + ".", numbers)
+    return _claim("CMS levels", "CMS levels: ", parts, numbers)
 
 
-def _gate_finding(study: Study, scales: list[str]) -> Finding | None:
+def _gate_finding(study: StudyResults, scales: list[str]) -> Claim | None:
     parts, numbers = [], {}
     for scale in scales:
         runs = study.runs_at(scale)
@@ -186,12 +193,10 @@ def _gate_finding(study: Study, scales: list[str]) -> Finding | None:
                 text += f"; median surprise {q.get('p50', math.nan):.3g}, p10 {q['p10']:.3g} = {q['p10'] / tau:.3g}×τ"
         parts.append(text)
         numbers[scale] = {"pass_rate": rate, "pass_rate_min_layer": rate_min, "tau": tau}
-    if not parts:
-        return None
-    return Finding("surprise gate", "Surprise gate: " + "; ".join(parts) + ".", numbers)
+    return _claim("surprise gate", "Surprise gate: ", parts, numbers)
 
 
-def _selfmod_dynamics(study: Study, scales: list[str]) -> Finding | None:
+def _selfmod_dynamics(study: StudyResults, scales: list[str]) -> Claim | None:
     parts, numbers = [], {}
     for scale in scales:
         rows, _ = probe_rows(study, scale, "selfmod")
@@ -202,9 +207,8 @@ def _selfmod_dynamics(study: Study, scales: list[str]) -> Finding | None:
         rel = last_step_rows(rows[(rows["metric"] == "rel_drift_meta_fast") & rows["position"].isna()])
         if len(rel):
             m = mean_ci(rel.groupby("seed")["value"].mean())
-            ci = f" ± {m.half:.3f}" if not math.isnan(m.half) else ""
-            bits.append(f"fast state differs from the meta-state by {m.mean:.3f}{ci} (relative L2, mean over "
-                        "components)")
+            bits.append(f"fast state differs from the meta-state by {m.mean:.3f}{_plus_minus(m.half)} (relative L2, "
+                        "mean over components)")
             num["rel_drift"] = m.mean
         pos = last_step_rows(rows[(rows["metric"] == "rel_drift_meta_fast") & rows["position"].notna()])
         if len(pos) and pos["position"].nunique() >= 2:
@@ -227,13 +231,10 @@ def _selfmod_dynamics(study: Study, scales: list[str]) -> Finding | None:
         if bits:
             parts.append(f"at {scale}, " + "; ".join(bits))
             numbers[scale] = num
-    if not parts:
-        return None
-    return Finding("self-modification dynamics", "Self-modification dynamics (Full HOPE): " + "; ".join(parts) + ".",
-                   numbers)
+    return _claim("self-modification dynamics", "Self-modification dynamics (Full HOPE): ", parts, numbers)
 
 
-def _baselines(study: Study, ab: pd.DataFrame, scales: list[str]) -> Finding | None:
+def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim | None:
     parts, numbers = [], {}
     for scale in scales:
         ref = reference_run_name(study, scale)
@@ -251,35 +252,32 @@ def _baselines(study: Study, ab: pd.DataFrame, scales: list[str]) -> Finding | N
                 params = f", {fmt_count(r['n_params'])} vs {fmt_count(base['n_params'])} parameters"
             parts.append(f"{scale}: {display_name(name)} {fmt_delta(r)}{params} — {word}")
             numbers[(scale, name)] = r["delta"]
-    if not parts:
-        return None
-    return Finding("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): " + "; ".join(parts) + ".", numbers)
+    return _claim("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): ", parts, numbers)
 
 
-def _best(ab: pd.DataFrame, scales: list[str]) -> Finding | None:
+def _best(ab: pd.DataFrame, scales: list[str]) -> Claim | None:
     parts = []
     for scale in scales:
         d = ab[(ab["scale"] == scale) & (ab["n_done"] > 0)]
         if d.empty:
             continue
         r = d.loc[d["mean"].idxmin()]
-        ci = f" ± {r['half']:.3f}" if not math.isnan(r["half"]) else ""
-        parts.append(f"{scale}: {r['display']} ({r['mean']:.3f}{ci})")
-    return Finding("best", "Lowest final validation loss: " + "; ".join(parts) + ".") if parts else None
+        parts.append(f"{scale}: {r['display']} ({r['mean']:.3f}{_plus_minus(r['half'])})")
+    return _claim("best", "Lowest final validation loss: ", parts)
 
 
-def _failures(study: Study, scales: list[str]) -> Finding | None:
+def _failures(study: StudyResults, scales: list[str]) -> Claim | None:
     from analysis.load import failure_label
 
     runs = study.runs[study.runs["scale"].isin(scales) & (study.runs["status"] == "failed")]
     if runs.empty:
         return None
     items = [f"{r['run_id']} {failure_label(r)}" for _, r in runs.iterrows()]
-    return Finding("failures", f"{len(items)} run(s) failed and are excluded from every mean: " + "; ".join(items)
+    return Claim("failures", f"{len(items)} run(s) failed and are excluded from every mean: " + "; ".join(items)
                    + ".")
 
 
-def _gradflow(study: Study, scales: list[str]) -> Finding | None:
+def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
     p = study.probes
     g = p[p["scale"].isin(scales) & (p["probe"] == "gradflow") & p["metric"].isin(["n_grad_none", "n_grad_zero"])]
     if g.empty:
@@ -287,7 +285,7 @@ def _gradflow(study: Study, scales: list[str]) -> Finding | None:
     last = last_step_rows(g)
     bad = last[last["value"] > 0]
     if bad.empty:
-        return Finding("gradient flow", "Gradient flow: every parameter of every run received a non-zero gradient "
+        return Claim("gradient flow", "Gradient flow: every parameter of every run received a non-zero gradient "
                                         "at the last probed step.")
     words = {"n_grad_none": "without a gradient", "n_grad_zero": "with an all-zero gradient"}
     flags = {"n_grad_none": "grad_is_none", "n_grad_zero": "grad_is_zero"}
@@ -303,10 +301,10 @@ def _gradflow(study: Study, scales: list[str]) -> Finding | None:
         example = f" (e.g. {', '.join(sorted(names)[:2])})" if len(names) else ""
         items.append(f"{display_name(run_name)} at {scale}: up to {int(g['value'].max())} parameter tensor(s) "
                      f"{words.get(metric, metric)}{example} in {g['run_id'].nunique()}/{n_runs} run(s)")
-    return Finding("gradient flow", "Gradient flow at the last probed step: " + "; ".join(items) + ".")
+    return Claim("gradient flow", "Gradient flow at the last probed step: " + "; ".join(items) + ".")
 
 
-def compute_findings(study: Study, scales: list[str] | None = None) -> list[Finding]:
+def compute_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
     scales = scales or study.scales
     ab = ablation_summary(study, scales)
     out = [

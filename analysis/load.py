@@ -1,7 +1,7 @@
 """A study directory on disk -> three tidy DataFrames with fixed dtypes.
 
-    study = load_study("runs/ablation")          # the study root (holds study.json and one dir per scale)
-    study = load_study("runs/ablation/small")    # or one scale's directory under it
+    study = load_results("runs/ablation")          # the study root (holds study.json and one dir per scale)
+    study = load_results("runs/ablation/small")    # or one scale's directory under it
     study.runs      # one row per run (RUN_DTYPES)
     study.metrics   # METRICS_SCHEMA rows of every run, plus run_name
     study.probes    # PROBE_SCHEMA rows of every run, plus run_name
@@ -88,8 +88,9 @@ PROBE_DTYPES: dict[str, str] = {**_frame_dtypes(PROBE_SCHEMA), "run_name": "str"
 
 
 @dataclass
-class Study:
-    """Everything the figures, tables and report read. `scale` is set when one scale was asked for."""
+class StudyResults:
+    """A study's results as read from its run directories (its definition is hopelab.study's `Study`):
+    everything the figures, tables and report read. `scale` is set when one scale was asked for."""
 
     root: Path
     name: str
@@ -310,7 +311,7 @@ def _resolve(path: Path, scale: str | None) -> tuple[Path, Path, str | None]:
     return path, path, scale
 
 
-def load_study(path: str | Path, scale: str | None = None) -> Study:
+def load_results(path: str | Path, scale: str | None = None) -> StudyResults:
     """Load a study root, one scale's directory under it, or any directory holding run directories."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -367,7 +368,7 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
 
     name = str(meta.get("study") or (runs["study"].dropna().iloc[0] if runs["study"].notna().any() else root.name))
     meta = {k: v for k, v in meta.items() if k != "runs"}
-    return Study(root=root, name=name, runs=runs, metrics=metrics_df, probes=probes_df, meta=meta, scale=scale,
+    return StudyResults(root=root, name=name, runs=runs, metrics=metrics_df, probes=probes_df, meta=meta, scale=scale,
                  notes=notes)
 
 
@@ -404,5 +405,5 @@ def failure_label(run: pd.Series | dict) -> str:
     return f"{status} ({reason})" if reason else status
 
 
-__all__ = ["Study", "load_study", "failure_label", "order_scales", "RUN_DTYPES", "METRICS_DTYPES",
+__all__ = ["StudyResults", "load_results", "failure_label", "order_scales", "RUN_DTYPES", "METRICS_DTYPES",
            "PROBE_DTYPES", "typed", "empty_frame"]

@@ -1,6 +1,6 @@
 """Render a study: figures (PNG + PDF), tables (Markdown, LaTeX, CSV) and `<out>/README.md`.
 
-    study = load_study("runs/ablation")
+    study = load_results("runs/ablation")
     render_report(study, "reports/ablation", command="hopelab report runs/ablation")
 
 A figure or table whose data is absent is skipped with a note in the report, never a crash.
@@ -15,27 +15,17 @@ from typing import Callable
 
 import pandas as pd
 
-from analysis import (fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation,
-                      table2_sweep)
 from analysis.artifacts import FigureOut, Skipped, TableOut, markdown_table
 from analysis.findings import THRESHOLDS, compute_findings, fmt_count
-from analysis.load import Study, failure_label
+from analysis.load import StudyResults, failure_label
+from analysis.registry import FIGURES, TABLES, FigureSpec
 from analysis.style import DPI
 from hopelab.errors import UserError
-
-FIGURES: dict[int, tuple[str, object]] = {
-    1: ("CMS dynamics", fig1_cms),
-    2: ("Self-modification", fig2_selfmod),
-    3: ("Surprise gating", fig3_surprise),
-    4: ("Component importance", fig4_importance),
-    5: ("Training curves", fig5_curves),
-}
-TABLES: dict[int, tuple[str, object]] = {1: ("Component ablation", table1_ablation), 2: ("Surprise sweep", table2_sweep)}
 
 Progress = Callable[[str], None]
 
 
-def parse_only(text: str | None, valid: dict[int, tuple]) -> list[int]:
+def parse_only(text: str | None, valid: dict[int, FigureSpec]) -> list[int]:
     """"1,3" -> [1, 3]; None -> every number. Anything else is a UserError naming the valid numbers."""
     if text is None or not str(text).strip():
         return sorted(valid)
@@ -43,32 +33,29 @@ def parse_only(text: str | None, valid: dict[int, tuple]) -> list[int]:
     for part in str(text).split(","):
         part = part.strip()
         if not part.isdigit() or int(part) not in valid:
-            choices = ", ".join(f"{n} ({name})" for n, (name, _) in valid.items())
+            choices = ", ".join(f"{n} ({spec.name})" for n, spec in valid.items())
             raise UserError(f"--only: {part!r} is not a figure number; choose from {choices}")
         out.append(int(part))
     return sorted(set(out))
 
 
-def render_figures(study: Study, out_dir: str | Path, only: list[int] | None = None, dpi: int = DPI,
+def render_figures(study: StudyResults, out_dir: str | Path, only: list[int] | None = None, dpi: int = DPI,
                    progress: Progress | None = None) -> list[FigureOut | Skipped]:
-    out_dir = Path(out_dir)
-    scales = study.scales
     results: list[FigureOut | Skipped] = []
     for number in only or sorted(FIGURES):
-        name, module = FIGURES[number]
         if progress:
-            progress(f"Figure {number}: {name}")
-        results += module.render(study, out_dir, scales, dpi=dpi)
+            progress(f"Figure {number}: {FIGURES[number].name}")
+        results += FIGURES[number].render(study, Path(out_dir), study.scales, dpi)
     return results
 
 
-def render_tables(study: Study, out_dir: str | Path, progress: Progress | None = None) -> list[TableOut | Skipped]:
-    out_dir = Path(out_dir)
-    results = []
-    for number, (name, module) in TABLES.items():
+def render_tables(study: StudyResults, out_dir: str | Path,
+                  progress: Progress | None = None) -> list[TableOut | Skipped]:
+    results: list[TableOut | Skipped] = []
+    for number, spec in TABLES.items():
         if progress:
-            progress(f"Table {number}: {name}")
-        results.append(module.render(study, out_dir, study.scales))
+            progress(f"Table {number}: {spec.name}")
+        results.append(spec.render(study, Path(out_dir), study.scales))
     return results
 
 
@@ -89,7 +76,7 @@ def _span(runs: pd.DataFrame) -> str:
     return f"; first start {start:%Y-%m-%d %H:%M} UTC, last end {end:%Y-%m-%d %H:%M} UTC"
 
 
-def setup_lines(study: Study, command: str | None) -> list[str]:
+def setup_lines(study: StudyResults, command: str | None) -> list[str]:
     runs = study.runs
     lines = []
     if command:
@@ -129,7 +116,7 @@ def setup_lines(study: Study, command: str | None) -> list[str]:
     return lines
 
 
-def _runs_table(study: Study) -> str:
+def _runs_table(study: StudyResults) -> str:
     rows = []
     for _, r in study.runs.sort_values(["scale", "run_name", "seed"]).iterrows():
         loss = f"{r['final_val_loss']:.4f}" if not pd.isna(r["final_val_loss"]) else "—"
@@ -142,7 +129,7 @@ def _runs_table(study: Study) -> str:
                           align=["l", "l", "r", "r", "r", "r"])
 
 
-def write_readme(study: Study, out: Path, figures: list, tables: list, command: str | None) -> Path:
+def write_readme(study: StudyResults, out: Path, figures: list, tables: list, command: str | None) -> Path:
     scope = f" — {study.scale} scale" if study.scale else ""
     md = [f"# {study.name}: results{scope}", "",
           f"_Generated by hopelab's `analysis` package on {dt.datetime.now():%Y-%m-%d %H:%M}. Every number below "
@@ -178,7 +165,7 @@ def write_readme(study: Study, out: Path, figures: list, tables: list, command: 
     return path
 
 
-def render_report(study: Study, out: str | Path, command: str | None = None, dpi: int = DPI,
+def render_report(study: StudyResults, out: str | Path, command: str | None = None, dpi: int = DPI,
                   only: list[int] | None = None, progress: Progress | None = None) -> Path:
     """Everything into `out`: figures/, tables/, README.md. Returns the README's path."""
     out = Path(out)

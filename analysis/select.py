@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.load import Study
+from analysis.load import StudyResults
 from analysis.style import run_name_order
 from hopelab.runs import STATUS_DONE, STATUS_FAILED
 
 
-def usable_runs(study: Study, scale: str) -> tuple[pd.DataFrame, bool]:
+def usable_runs(study: StudyResults, scale: str) -> tuple[pd.DataFrame, bool]:
     """(runs whose data enter means at `scale`, whether unfinished runs had to be used for some cell)."""
     runs = study.runs_at(scale)
     runs = runs[runs["status"] != "pending"]
@@ -30,19 +30,20 @@ def usable_runs(study: Study, scale: str) -> tuple[pd.DataFrame, bool]:
     return (pd.concat(out) if out else runs.iloc[:0]), partial
 
 
-def probe_rows(study: Study, scale: str, probe: str) -> tuple[pd.DataFrame, bool]:
+def probe_rows(study: StudyResults, scale: str, probe: str) -> tuple[pd.DataFrame, bool]:
     runs, partial = usable_runs(study, scale)
     p = study.probes
     rows = p[(p["scale"] == scale) & (p["probe"] == probe) & p["run_id"].isin(set(runs["run_id"]))]
     return rows, partial
 
 
-def focus_run_name(rows: pd.DataFrame, prefer: str = "hope") -> str | None:
-    """The run a mechanism figure shows: full HOPE if it has rows, else the first run (paper order) that does."""
+def focus_rows(rows: pd.DataFrame, reference: str | None) -> tuple[str | None, pd.DataFrame]:
+    """The run a mechanism figure shows and its rows: the reference (full HOPE, "hope" when the study has
+    none) if it has rows, else the first run (paper order) that does."""
     names = set(rows["run_name"].dropna())
-    if not names:
-        return None
-    return prefer if prefer in names else run_name_order(names)[0]
+    prefer = reference or "hope"
+    focus = None if not names else prefer if prefer in names else run_name_order(names)[0]
+    return focus, rows[rows["run_name"] == focus]
 
 
 def seed_band(df: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
@@ -62,7 +63,7 @@ def last_step_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["step"] == last]
 
 
-def config_value(study: Study, scale: str, run_name: str, column: str):
+def config_value(study: StudyResults, scale: str, run_name: str, column: str):
     """A config field of a run name at a scale (the first non-null value over its seeds)."""
     runs = study.runs_at(scale)
     vals = runs.loc[runs["run_name"] == run_name, column].dropna()

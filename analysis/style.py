@@ -12,6 +12,7 @@ from typing import Iterator
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 # Colour-blind-safe (seaborn "colorblind" hues), fixed per variant so every figure agrees.
@@ -133,8 +134,22 @@ def new_figure(ncols: int, nrows: int = 1, panel_w: float = 4.2, panel_h: float 
     return fig, axes
 
 
-def panel_label(ax, letter: str, title: str) -> None:
+def panel_label(ax, letter: str, title: str, xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """Title a panel "(a) title", and name its axes when given."""
     ax.set_title(f"({letter}) {title}", loc="left")
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+
+
+def band_line(ax, band: pd.DataFrame, x: str, color: str, alpha: float = 0.18, scale: float = 1.0,
+              band_label: str | None = None, **line) -> None:
+    """`band`'s mean over column `x` as a line, its lo–hi range (min–max over seeds, or over layers) shaded in
+    the line's colour. `scale` multiplies y (100 for a percentage); `line` takes ax.plot's keywords."""
+    ax.plot(band[x], scale * band["mean"], color=color, **line)
+    ax.fill_between(band[x], scale * band["lo"], scale * band["hi"], color=color, alpha=alpha, lw=0,
+                    **({"label": band_label} if band_label else {}))
 
 
 def no_rows(ax, what: str, where: str = "") -> None:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.load import Study, failure_label
+from analysis.load import StudyResults, failure_label
 from analysis.select import last_step_rows
 from analysis.stats import compare, final_losses, losses_by_seed, mean_ci
 from analysis.style import display_name, run_name_order
@@ -48,7 +48,7 @@ def _is_default(overrides: dict, common: dict, scale: str) -> bool:
     return all(k in defaults and _norm(v) == _norm(defaults[k]) for k, v in own.items())
 
 
-def reference_run_name(study: Study, scale: str) -> str | None:
+def reference_run_name(study: StudyResults, scale: str) -> str | None:
     """Full HOPE at this scale: the untagged hope run, else a tagged hope run whose overrides equal the
     defaults (a sweep or periods study has no untagged hope: hope-tau0.02 or hope-p8-32 is the reference)."""
     runs = study.runs_at(scale)
@@ -74,7 +74,7 @@ def _gate_setting(runs: pd.DataFrame, run_name: str) -> tuple[float | None, str 
     return (float(tau.iloc[0]) if len(tau) else None), (str(mode.iloc[0]) if len(mode) else None)
 
 
-def sweep_run_names(study: Study, scale: str) -> list[str]:
+def sweep_run_names(study: StudyResults, scale: str) -> list[str]:
     """hope runs (not the reference) whose surprise threshold or mode differs from the reference's."""
     runs = study.runs_at(scale)
     ref = reference_run_name(study, scale)
@@ -93,7 +93,7 @@ def sweep_run_names(study: Study, scale: str) -> list[str]:
     return run_name_order(names)
 
 
-def ablation_run_names(study: Study, scale: str) -> list[str]:
+def ablation_run_names(study: StudyResults, scale: str) -> list[str]:
     """The reference first, then every run name that is not part of the surprise sweep (paper order)."""
     sweep = set(sweep_run_names(study, scale))
     ref = reference_run_name(study, scale)
@@ -101,7 +101,7 @@ def ablation_run_names(study: Study, scale: str) -> list[str]:
     return ([ref] if ref in names else []) + [n for n in names if n != ref]
 
 
-def _cell(study: Study, scale: str, run_name: str, base_losses: pd.Series, reference: str | None) -> dict:
+def _cell(study: StudyResults, scale: str, run_name: str, base_losses: pd.Series, reference: str | None) -> dict:
     runs = study.runs_at(scale)
     cell = runs[runs["run_name"] == run_name].sort_values("seed")
     ok = final_losses(cell)
@@ -126,13 +126,13 @@ def _cell(study: Study, scale: str, run_name: str, base_losses: pd.Series, refer
     }
 
 
-def _base_losses(study: Study, scale: str, reference: str | None) -> pd.Series:
+def _base_losses(study: StudyResults, scale: str, reference: str | None) -> pd.Series:
     if reference is None:
         return pd.Series(dtype="float64")
     return losses_by_seed(study.runs, scale, reference)
 
 
-def ablation_summary(study: Study, scales: list[str] | None = None) -> pd.DataFrame:
+def ablation_summary(study: StudyResults, scales: list[str] | None = None) -> pd.DataFrame:
     """One row per (scale, ablation run name), reference first. delta = mean(run) − mean(reference)."""
     rows = []
     for scale in scales or study.scales:
@@ -142,7 +142,7 @@ def ablation_summary(study: Study, scales: list[str] | None = None) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def gate_pass_rate(study: Study, scale: str, run_name: str, threshold: float) -> tuple[float, float, int]:
+def gate_pass_rate(study: StudyResults, scale: str, run_name: str, threshold: float) -> tuple[float, float, int]:
     """(mean over layers and seeds, min over layers of the seed mean, n seeds) of the gate pass rate at
     `threshold`, at each finished run's last probed step. NaN when the probe has no row at that threshold."""
     runs = study.runs_at(scale)
@@ -157,7 +157,7 @@ def gate_pass_rate(study: Study, scale: str, run_name: str, threshold: float) ->
     return float(per_layer.mean()), float(per_layer.min()), int(rows["seed"].nunique())
 
 
-def sweep_summary(study: Study, scale: str) -> pd.DataFrame:
+def sweep_summary(study: StudyResults, scale: str) -> pd.DataFrame:
     """The reference (default τ), every sweep run, and the gate-off variant when the study has it; absolute
     thresholds in increasing order, then relative-mode runs, then the gate off."""
     names = sweep_run_names(study, scale)

@@ -8,11 +8,9 @@ table and excluded from the means; a cell whose runs all failed shows e.g. "fail
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-
-from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table, write_table
-from analysis.load import Study
+from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table
+from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, NO_TEST, PAIRED, WELCH, fmt_p, fmt_pm
 from analysis.summary import ablation_summary
 from analysis.style import display_name
@@ -23,7 +21,7 @@ STEM = "table1_ablation"
 _TEST_MARK = {PAIRED: "ᵖ", WELCH: "ʷ", NO_TEST: ""}
 
 
-def _steps_text(study: Study, scales: list[str]) -> str:
+def _steps_text(study: StudyResults, scales: list[str]) -> str:
     parts = []
     for scale in scales:
         steps = study.runs_at(scale)["steps"].dropna().unique()
@@ -32,7 +30,7 @@ def _steps_text(study: Study, scales: list[str]) -> str:
     return "; ".join(parts)
 
 
-def build(study: Study, scales: list[str] | None = None) -> TableOut | Skipped:
+def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Skipped:
     scales = scales or study.scales
     data = ablation_summary(study, scales)
     if data.empty:
@@ -111,7 +109,3 @@ def build(study: Study, scales: list[str] | None = None) -> TableOut | Skipped:
     tex = latex_table(header, rows, f"{TITLE}. {caption}", "tab:ablation", notes=notes)
     return TableOut(NUMBER, STEM, TITLE, caption, md, tex, data)
 
-
-def render(study: Study, out_dir: Path, scales: list[str] | None = None) -> TableOut | Skipped:
-    table = build(study, scales)
-    return write_table(table, out_dir) if isinstance(table, TableOut) else table

@@ -7,12 +7,11 @@ there are seeds), and the gate pass rate at that run's own threshold at its last
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
-from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table, write_table
-from analysis.load import Study
+from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table
+from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, fmt_pm
 from analysis.summary import sweep_summary
 
@@ -21,7 +20,7 @@ TITLE = "Surprise threshold sweep"
 STEM = "table2_sweep"
 
 
-def build(study: Study, scales: list[str] | None = None) -> TableOut | Skipped:
+def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Skipped:
     scales = scales or study.scales
     frames = [sweep_summary(study, s) for s in scales]
     frames = [f for f in frames if len(f)]
@@ -78,7 +77,3 @@ def build(study: Study, scales: list[str] | None = None) -> TableOut | Skipped:
                       align=["l"] * (2 + several) + ["r"] * (len(header) - 2 - several))
     return TableOut(NUMBER, STEM, TITLE, caption, md, tex, data)
 
-
-def render(study: Study, out_dir: Path, scales: list[str] | None = None) -> TableOut | Skipped:
-    table = build(study, scales)
-    return write_table(table, out_dir) if isinstance(table, TableOut) else table

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from analysis import load_study, render_report
+from analysis import load_results, render_report
 from analysis.findings import GATE_NOOP, compute_findings
 from analysis.load import RUN_DTYPES
 from analysis.report import render_figures, render_tables
@@ -42,12 +42,12 @@ def study_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def study(study_root):
-    return load_study(study_root)
+    return load_results(study_root)
 
 
 @pytest.fixture(scope="module")
 def tiny(study_root):
-    return load_study(study_root, scale="tiny")
+    return load_results(study_root, scale="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_load_runs_metrics_probes_with_fixed_dtypes(study, study_root):
 
 
 def test_load_one_scale_directory_and_scale_option(study_root, tiny):
-    small = load_study(study_root / "small")
+    small = load_results(study_root / "small")
     assert small.scale == "small" and set(small.runs["scale"]) == {"small"}
     assert small.name == "synth" and small.meta.get("command", "").startswith("hopelab study")
     assert set(small.metrics["scale"]) == {"small"} and set(small.probes["scale"]) == {"small"}
@@ -114,7 +114,7 @@ def test_load_survives_a_corrupt_probe_file(tmp_path):
                                  sweep=(), failed=None)
     bad = root / "tiny" / "hope" / "seed0" / "probes" / "cms-step50.parquet"
     bad.write_bytes(b"not parquet")
-    study = load_study(root)
+    study = load_results(root)
     assert any("cms-step50.parquet" in n for n in study.notes)
     cms = study.probes[study.probes["probe"] == "cms"]
     assert set(cms["step"]) == {0, 100, 150} and (study.probes["probe"] == "surprise").any()
@@ -191,7 +191,7 @@ def test_failed_run_is_marked_and_excluded_from_the_mean(report, tables):
 def test_a_cell_whose_runs_all_failed_shows_failed_with_one_seed(tmp_path):
     root = build_synthetic_study(tmp_path, scales=("tiny",), seeds=(0,), sweep=(),
                                  variants=["hope", "hope_no_cms", "transformer"], failed=("tiny", "hope_no_cms", 0, 60))
-    study = load_study(root)
+    study = load_results(root)
     tables = render_tables(study, tmp_path / "tables")
     md = tables[0].markdown
     assert "failed (loss is NaN at step 60)" in md
@@ -223,7 +223,7 @@ def test_table2_sweep_pass_rates_come_from_the_probes(report, study_root):
 def test_a_sweep_study_without_untagged_hope_uses_the_default_threshold_as_reference(tmp_path):
     root = build_synthetic_study(tmp_path, scales=("tiny",), seeds=(0, 1), variants=["hope_no_surprise"],
                                  sweep=(0.005, 0.02, 0.05), failed=None, overrides={"dim": 32})
-    study = load_study(root)
+    study = load_results(root)
     assert reference_run_name(study, "tiny") == "hope-tau0.02"  # its only own override is the default τ
     t1, t2 = render_tables(study, tmp_path / "tables")
     assert list(t1.data["run_name"]) == ["hope-tau0.02", "hope_no_surprise"] and t1.data["reference"].iloc[0]
@@ -294,7 +294,7 @@ def test_a_figure_without_data_is_skipped_with_a_note(tmp_path):
                                  variants=["hope", "transformer"])
     for path in root.rglob("probes/cms-step*.parquet"):
         path.unlink()
-    study = load_study(root)
+    study = load_results(root)
     results = render_figures(study, tmp_path / "figs", only=[1])
     assert len(results) == 1 and isinstance(results[0], Skipped) and "no CMS probe rows" in results[0].reason
     readme = render_report(study, tmp_path / "rep", only=[1]).read_text()

@@ -64,7 +64,7 @@ def test_bench_rejects_unknown_variant(tmp_path):
 @pytest.mark.slow
 def test_probe_overhead_pairs_runs_in_both_orders(tmp_path):
     """Two pairs of tiny runs (on, off), (off, on): wall times, the mean pair ratio, and the probes' share."""
-    from hopelab.lit.bench import probe_overhead
+    from hopelab.bench.probe_overhead import probe_overhead
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i} says the {i % 7} of the {i % 5} and a word." * 20 for i in range(40)))

@@ -1,6 +1,6 @@
 """Probe overhead: the same run with probes on and off, at a scale's default checkpoint cadence.
 
-    from hopelab.lit.bench import probe_overhead
+    from hopelab.bench.probe_overhead import probe_overhead
     probe_overhead("tiny", steps=100)   # {"with_probes_s": ..., "without_probes_s": ..., "overhead": ..., ...}
 
 `overhead` compares the runs' wall times: `pairs` pairs, the order reversed in every other pair (on, off,
@@ -38,8 +38,9 @@ def probe_overhead(
     """Train `variant` with probes on and off, `pairs` times each, in a scratch directory; the wall times."""
     quiet = progress if progress is not None else (lambda step, total, loss: None)
     runs: dict[bool, list] = {True: [], False: []}
+    order = [p for pair in range(pairs) for p in ((True, False) if pair % 2 == 0 else (False, True))]  # probes on?
     with tempfile.TemporaryDirectory(prefix="hopelab-bench-", dir=out) as tmp:
-        for i, probes in enumerate(p for pair in range(pairs) for p in ((True, False) if pair % 2 == 0 else (False, True))):
+        for i, probes in enumerate(order):
             spec = RunSpec(
                 variant=variant,
                 scale=scale,
