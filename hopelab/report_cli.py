@@ -26,9 +26,9 @@ def _load(study_dir: Path, scale: Optional[str]):
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display needed, ever
-    from analysis.load import load_study
+    from analysis.load import load_results
 
-    return load_study(study_dir, scale)
+    return load_results(study_dir, scale)
 
 
 def _default_out(study, sub: str = "") -> Path:
