@@ -42,7 +42,7 @@ TRUE_DELTA = {
     "hope-tau0.02": (0.0, 0.0),  # the default threshold: full HOPE under another name
 }
 SEED_OFFSET = [0.000, 0.021, -0.013, 0.008, -0.017]
-GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]  # as hopelab.lit.probes
+GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]  # as hopelab.probes.surprise.THRESHOLD_GRID
 _NORMAL = NormalDist()
 FAILED = ("tiny", "hope_no_cms", 2, 120)  # scale, variant, seed, step at which the loss became NaN
 N_PARAMS = {"hope": 1.00, "hope_no_cms": 0.93, "hope_no_selfmod": 0.90, "hope_no_surprise": 1.00, "titans": 0.85,

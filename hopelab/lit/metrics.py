@@ -19,7 +19,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from hopelab.lit.module import NonFiniteError, lm_loss, lr_factor
-from hopelab.lit.probes import ProbeContext, eval_mode, forward_context
+from hopelab.lit.trainer import Schedule
+from hopelab.probes.base import RunLabels
+from hopelab.probes.forward import eval_mode, forward_context
 from hopelab.tables import METRICS_SCHEMA, rows_to_table, write_parquet_atomic
 
 StepFn = Callable[[int, int, float], None]
@@ -47,8 +49,11 @@ def dedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class TrainMetrics(Callback):
-    def __init__(self, ctx: ProbeContext, path: Path, val_batches: list, on_step: StepFn | None = None) -> None:
-        self.ctx = ctx
+    def __init__(
+        self, labels: RunLabels, schedule: Schedule, path: Path, val_batches: list, on_step: StepFn | None = None
+    ) -> None:
+        self.labels = labels
+        self.schedule = schedule
         self.path = Path(path)
         self.val_batches = val_batches
         self.on_step = on_step
@@ -58,7 +63,7 @@ class TrainMetrics(Callback):
         self._step0 = 0
 
     def _row(self, step: int, metric: str, value: float | None) -> dict[str, Any]:
-        return {**self.ctx.base_row(step, ""), "metric": metric, "value": value}
+        return {**self.labels.row(step), "metric": metric, "value": value}
 
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
@@ -77,25 +82,25 @@ class TrainMetrics(Callback):
         if not trainer.is_global_zero:
             return
         step = trainer.global_step  # optimizer steps done; this batch was step - 1
-        loss = float(pl_module.last_loss)
+        loss = float(outputs["train_loss"])  # the global batch's loss (LitLM.training_step)
         lr = pl_module.train_cfg.lr * lr_factor(step - 1, pl_module.train_cfg)  # the lr this update used
         self.rows.append(self._row(step, "train_loss", loss))
         self.rows.append(self._row(step, "lr", lr))
         if pl_module.last_grad_norm is not None:
             self.rows.append(self._row(step, "grad_norm", float(pl_module.last_grad_norm)))
         if self.on_step is not None:
-            self.on_step(step, self.ctx.schedule.total_steps, loss)
-        if self.ctx.schedule.is_ckpt_step(step):
+            self.on_step(step, self.schedule.total_steps, loss)
+        if self.schedule.is_ckpt_step(step):
             elapsed = time.perf_counter() - self._t0
             if step > self._step0 and elapsed > 0:
-                tokens = (step - self._step0) * self.ctx.tokens_per_step
+                tokens = (step - self._step0) * self.labels.tokens_per_step
                 self.rows.append(self._row(step, "tokens_per_s", tokens / elapsed))
             self.checkpoint_metrics(trainer, pl_module, step)
             self.flush()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # the clock of tokens/s restarts after the previous checkpoint's probes and save
-        if self.ctx.schedule.is_probe_step(trainer.global_step):
+        if self.schedule.is_probe_step(trainer.global_step):
             self.restart_clock(trainer.global_step)
 
     def checkpoint_metrics(self, trainer, pl_module, step: int) -> None:
@@ -114,5 +119,4 @@ class TrainMetrics(Callback):
         self.flush()
 
     def flush(self) -> None:
-        rows = [{k: v for k, v in r.items() if k in METRICS_SCHEMA.names} for r in dedup(self.rows)]
-        write_parquet_atomic(rows_to_table(rows, METRICS_SCHEMA), self.path)
+        write_parquet_atomic(rows_to_table(dedup(self.rows), METRICS_SCHEMA), self.path)

@@ -95,7 +95,6 @@ class LitLM(pl.LightningModule):
         self.train_cfg = train_cfg
         self.run_config = run_config or {}
         self.model = build_model(variant, model_cfg)
-        self.last_loss: torch.Tensor | None = None  # detached loss of the latest step
         self.last_grad_norm: torch.Tensor | None = None  # total grad norm before clipping
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -107,12 +106,12 @@ class LitLM(pl.LightningModule):
             raise RuntimeError(f"data step {int(step)} does not match the optimizer step {self.global_step}")
         logits = self.model(x)  # [B, T, V]
         loss = lm_loss(logits, y)
-        self.last_loss = loss.detach()
+        train_loss = loss.detach()
         if self.trainer.world_size > 1:  # the global batch's loss; NaN/inf on any rank stops every rank
-            self.last_loss = self.trainer.strategy.reduce(self.last_loss, reduce_op="mean")
-        if not torch.isfinite(self.last_loss).item():
-            raise NonFiniteError("train_loss", self.global_step + 1, float(self.last_loss))  # 1-based, as logged
-        return loss
+            train_loss = self.trainer.strategy.reduce(train_loss, reduce_op="mean")
+        if not torch.isfinite(train_loss).item():
+            raise NonFiniteError("train_loss", self.global_step + 1, float(train_loss))  # 1-based, as logged
+        return {"loss": loss, "train_loss": train_loss}  # callbacks read `train_loss` from the step's outputs
 
     def configure_optimizers(self):
         t = self.train_cfg

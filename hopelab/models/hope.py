@@ -19,6 +19,7 @@ from torch import nn
 from hopelab.config import ModelConfig
 from hopelab.layers.cms import ContinuumMemory
 from hopelab.layers.self_ref_titans import SelfReferentialTitans
+from hopelab.models.sites import MemorySite, memory_sites
 from hopelab.models.state import initial_states
 from hopelab.models.transformer import MLP
 
@@ -77,6 +78,9 @@ class MemoryLM(nn.Module):
 
     def initial_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return initial_states(self)
+
+    def memory_sites(self) -> list[MemorySite]:
+        return memory_sites(self)
 
     def forward(self, tokens: torch.Tensor, state: dict | None = None, return_state: bool = False):
         """tokens [B, T] -> logits [B, T, V] (and the new state when return_state)."""

@@ -1,0 +1,45 @@
+"""Probes: measure HOPE's mechanisms at every checkpoint, on one fixed held-out probe batch, into Parquet.
+
+    callback = make_probes(run_dir / "probes", schedule, (probe_x, probe_y), labels)   # a Lightning callback
+
+    cms       section 4.2: CMS level norms and drifts, output cosine between levels, fast-state drift
+    selfmod   section 4.3: drift of the meta-learned initial states, fast-state drift from them
+    surprise  section 4.4: surprise quantiles, gate pass rates; the LM cross-entropy apart
+    gradflow  which parameters get gradient
+
+The probe batch is drawn from val with `TrainConfig.probe_seed`, the same for every variant. Probes find
+memories through `model.memory_sites()` (hopelab.models.sites), never by module names; a variant without a
+mechanism simply has no rows for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+from hopelab.probes.base import Probe, ProbeCallback, RunLabels
+from hopelab.probes.cms import CMSProbe
+from hopelab.probes.gradflow import GradFlowProbe
+from hopelab.probes.selfmod import SelfModProbe
+from hopelab.probes.surprise import SurpriseProbe
+
+if TYPE_CHECKING:
+    from hopelab.lit.trainer import Schedule
+
+PROBES: dict[str, type[Probe]] = {p.name: p for p in (CMSProbe, SelfModProbe, SurpriseProbe, GradFlowProbe)}
+
+
+def make_probes(
+    probe_dir: Path,
+    schedule: Schedule,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    labels: RunLabels,
+    names: Iterable[str] = tuple(PROBES),
+) -> ProbeCallback:
+    """One callback running the named probes on the probe batch (x [B, T], y [B, T]) at `schedule`'s steps."""
+    return ProbeCallback([PROBES[n]() for n in names], probe_dir, schedule, batch, labels)
+
+
+__all__ = ["PROBES", "Probe", "ProbeCallback", "RunLabels", "make_probes"]
