@@ -41,9 +41,9 @@ from hopelab.errors import UserError
 from hopelab.lit.datamodule import StepDataModule
 from hopelab.lit.metrics import TrainMetrics, evaluate
 from hopelab.lit.module import LitLM, NonFiniteError
-from hopelab.lit.probes import ProbeContext, make_probes
 from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_trainer
 from hopelab.models import check_variant, compile_chunks, count_parameters, recompute_chunks, variant_config
+from hopelab.probes import RunLabels, make_probes
 from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunSpec
 from hopelab.tables import write_json_atomic
 
@@ -282,33 +282,33 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
         data, model_cfg.context_len, train_cfg.batch_size, spec.seed, train_cfg.val_batches, train_cfg.probe_seed
     )
     schedule = Schedule(train_cfg.ckpt_every, train_cfg.steps)
-    ctx = ProbeContext(
+    labels = RunLabels(
         run_id=spec.run_id,
         study=spec.study,
         variant=spec.variant,
         scale=spec.scale,
         seed=spec.seed,
         tokens_per_step=train_cfg.batch_size * model_cfg.context_len,
-        probe_dir=run_dir / "probes",
-        schedule=schedule,
-        probe_x=dm.probe[0],
-        probe_y=dm.probe[1],
     )
+    probes = make_probes(run_dir / "probes", schedule, dm.probe, labels) if spec.probes else None
 
     bar = None
     on_step = progress
     if progress is None and rank0:
         bar = StepBar(f"{spec.variant} {spec.scale} seed{spec.seed}", train_cfg.steps, resume_step)
         on_step = bar.update
-    metrics = TrainMetrics(ctx, run_dir / "metrics.parquet", dm.val, on_step)
+    metrics = TrainMetrics(labels, schedule, run_dir / "metrics.parquet", dm.val, on_step)
+
+    def probe_errors() -> list[str] | None:
+        return (probes.errors or None) if probes is not None else None
 
     def saved(step: int) -> None:
-        manifest.update(last_step=step, wall_time_s=round(manifest.wall(), 3), probe_errors=ctx.errors or None)
+        manifest.update(last_step=step, wall_time_s=round(manifest.wall(), 3), probe_errors=probe_errors())
 
     callbacks: list[pl.Callback] = [metrics]
-    if spec.probes:
-        callbacks += make_probes(ctx)
-    callbacks.append(StepCheckpoint(run_dir / "checkpoints", schedule, on_saved=saved, on_batch_end=ctx.clear))
+    if probes is not None:
+        callbacks.append(probes)
+    callbacks.append(StepCheckpoint(run_dir / "checkpoints", schedule, on_saved=saved))
     trainer = make_trainer(
         max_steps=train_cfg.steps,
         callbacks=callbacks,
@@ -342,7 +342,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
         wall = round(manifest.wall(), 3)
         manifest.update(
             status=STATUS_FAILED, reason=reason, failed_step=step, ended=_now(), wall_time_s=wall,
-            probe_errors=ctx.errors or None,
+            probe_errors=probe_errors(),
         )
         return RunResult(STATUS_FAILED, None, wall, reason, manifest.data.get("last_step"), run_dir)
 
@@ -377,8 +377,8 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
         wall_time_s=wall,
         last_step=trainer.global_step,
         final_val_loss=final,
-        probe_errors=ctx.errors or None,
-        probe_time_s=round(ctx.probe_time_s, 3),
+        probe_errors=probe_errors(),
+        probe_time_s=round(probes.time_s if probes is not None else 0.0, 3),
         ckpt_every=train_cfg.ckpt_every,
     )
     return RunResult(STATUS_DONE, final, wall, None, trainer.global_step, run_dir)
