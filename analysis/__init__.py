@@ -7,7 +7,7 @@
 
 Modules: load (study dir -> DataFrames), style (palette, names), stats (intervals, tests), summary (the
 numbers behind tables/figure 4/findings), fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves,
-table1_ablation, table2_sweep, findings, report. CLI: `hopelab report|figures|tables` (hopelab/report_cli.py).
+table1_ablation, table2_sweep, findings, report. CLI: `hopelab report|figures|tables` (hopelab/cli/report.py).
 """
 
 from analysis.load import Study, load_study

@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis.load import Study
 from analysis.style import run_name_order
-from hopelab.runs import STATUS_DONE, STATUS_FAILED
+from hopelab.run import STATUS_DONE, STATUS_FAILED
 
 
 def usable_runs(study: Study, scale: str) -> tuple[pd.DataFrame, bool]:
