@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-# ------------------------------------------------------------------------------ how a run executes (train, study)
+# ---------------------------------------------------------------------- how a run executes (train, study)
 CompileOpt = Annotated[
     bool,
     typer.Option(
@@ -26,7 +26,7 @@ RecomputeOpt = Annotated[
     ),
 ]
 
-# ------------------------------------------------------------------------------ a study's runs (study show, run)
+# ---------------------------------------------------------------------- a study's runs (study show, run)
 StudyScalesOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -51,7 +51,7 @@ StudySetOpt = Annotated[
     ),
 ]
 
-# ------------------------------------------------------------------------------ paper-style output (report, figures, tables)
+# ---------------------------------------------------------------------- paper output (report, figures, tables)
 StudyDirArg = Annotated[
     Path, typer.Argument(help="study root (<out>/<study>/) or one scale's directory under it")
 ]

@@ -53,6 +53,7 @@ study_app = typer.Typer(
     "2 bad input, 130 interrupted.",
 )
 
+
 def _plan(
     name: str,
     scale: list[str] | None,

@@ -62,26 +62,14 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     dm = StepDataModule(
         data, model_cfg.context_len, train_cfg.batch_size, spec.seed, train_cfg.val_batches, train_cfg.probe_seed
     )
-    schedule = Schedule(train_cfg.ckpt_every, train_cfg.steps)
-    ctx = ProbeContext(
-        run_id=spec.run_id,
-        study=spec.study,
-        variant=spec.variant,
-        scale=spec.scale,
-        seed=spec.seed,
-        tokens_per_step=train_cfg.batch_size * model_cfg.context_len,
-        probe_dir=run_dir.probes,
-        schedule=schedule,
-        probe_x=dm.probe[0],
-        probe_y=dm.probe[1],
-    )
+    ctx = _probe_context(spec, model_cfg, train_cfg, run_dir, dm)
     on_step, bar = (progress, contextlib.nullcontext()) if progress is not None or not rank0 else _step_bar(
         f"{spec.variant} {spec.scale} seed{spec.seed}", train_cfg.steps, resume_step)
     callbacks: list[pl.Callback] = [TrainMetrics(ctx, run_dir.metrics, dm.val, on_step)]
     if spec.probes:
         callbacks += make_probes(ctx)
-    callbacks.append(StepCheckpoint(run_dir, schedule, on_saved=lambda step: manifest.saved(step, ctx),
-                                    on_batch_end=ctx.clear))
+    callbacks.append(StepCheckpoint(run_dir, ctx.schedule, on_saved=lambda step: manifest.saved(step, ctx),
+                                    on_batch_end=ctx.clear))  # last: a step's rows are on disk before its checkpoint
     trainer = make_trainer(max_steps=train_cfg.steps, callbacks=callbacks, accelerator=spec.accelerator,
                            devices=spec.devices, precision=spec.precision, strategy=spec.strategy)
     if rank0:  # only now that every setting is known to be valid
@@ -151,6 +139,24 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
     }
     module.run_config = config
     return module, config, executed
+
+
+def _probe_context(spec: RunSpec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: RunDir,
+                   dm: StepDataModule) -> ProbeContext:
+    """What the metrics and probe callbacks share: the run's identity, where probes go, the checkpoint
+    schedule, and the fixed probe batch."""
+    return ProbeContext(
+        run_id=spec.run_id,
+        study=spec.study,
+        variant=spec.variant,
+        scale=spec.scale,
+        seed=spec.seed,
+        tokens_per_step=train_cfg.batch_size * model_cfg.context_len,
+        probe_dir=run_dir.probes,
+        schedule=Schedule(train_cfg.ckpt_every, train_cfg.steps),
+        probe_x=dm.probe[0],
+        probe_y=dm.probe[1],
+    )
 
 
 def _step_bar(label: str, total: int, start: int) -> tuple[ProgressFn, Any]:

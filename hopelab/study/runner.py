@@ -157,7 +157,7 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
             for run in todo:
                 run_id = run.spec.run_id
                 display.step(run_id, None, run.steps, None)
-                outcome = execute_run(run, root, lambda s, t, l, rid=run_id: display.step(rid, s, t, l))
+                outcome = execute_run(run, root, lambda s, t, loss, rid=run_id: display.step(rid, s, t, loss))
                 outcomes[run_id] = outcome
                 display.finished(outcome)
         else:
