@@ -8,7 +8,8 @@
 Modules: load (study dir -> StudyResults: DataFrames), select (rows and seed bands for a figure), style
 (palette, names, panels, band lines), stats (intervals, tests), summary (the numbers behind tables/figure
 4/findings), fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation, table2_sweep,
-registry (every figure and table by number), findings, report. CLI: `hopelab report|figures|tables`.
+registry (every figure and table by number), findings, report. CLI: `hopelab report|figures|tables`
+(hopelab/cli/report.py).
 """
 
 from analysis.load import StudyResults, load_results

@@ -16,7 +16,7 @@ from analysis.select import seed_band, usable_runs
 from analysis.style import (DPI, VARIANT_LINESTYLES, band_line, display_name, new_figure, panel_label,
                             paper_style, run_colors, save_figure, spread)
 from analysis.summary import ablation_run_names, reference_run_name
-from hopelab.runs import STATUS_DONE, STATUS_FAILED
+from hopelab.run import STATUS_DONE, STATUS_FAILED
 
 NUMBER = 5
 TITLE = "Training curves"

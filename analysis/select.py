@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis.load import StudyResults
 from analysis.style import run_name_order
-from hopelab.runs import STATUS_DONE, STATUS_FAILED
+from hopelab.run import STATUS_DONE, STATUS_FAILED
 
 
 def usable_runs(study: StudyResults, scale: str) -> tuple[pd.DataFrame, bool]:

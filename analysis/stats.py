@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hopelab.runs import STATUS_DONE
+from hopelab.run import STATUS_DONE
 
 CONFIDENCE = 0.95
 PAIRED = "paired t-test by seed"

@@ -20,7 +20,7 @@ from analysis.stats import compare, final_losses, losses_by_seed, mean_ci
 from analysis.style import display_name, run_name_order
 from hopelab.config import SCALES, ModelConfig, TrainConfig, get_scale, to_dict
 from hopelab.errors import UserError
-from hopelab.runs import STATUS_DONE, STATUS_FAILED
+from hopelab.run import STATUS_DONE, STATUS_FAILED
 
 BASELINE = "hope"  # the variant every Δ is measured against
 

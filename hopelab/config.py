@@ -150,17 +150,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    return apply_overrides(ModelConfig(), dict(d), "model config")
-
-
-def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    d = dict(d)
-    if "betas" in d:
-        d["betas"] = tuple(d["betas"])
-    return apply_overrides(TrainConfig(), d, "train config")
-
-
 # ------------------------------------------------------------------------------------------------------
 # Flat `key=value` overrides (`--set dim=32`, study cells), routed to ModelConfig or TrainConfig by name.
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig))

@@ -4,10 +4,7 @@ A training step frees and allocates the same large buffers every step (at `tiny`
 32 MiB, and each of their gradients as much again). With its default settings glibc's malloc serves every block above
 its mmap threshold (adapted at run time, at most 32 MiB) by a fresh mmap, and trims the top of the heap after a
 large free, so each step maps those buffers anew and page-faults them in again. Setting both thresholds high keeps
-the freed memory in the heap for reuse. Measured at `tiny` on a 2-core VM (`hopelab bench`, 1 thread, medians of 9,
-two runs each way, alternated): with the setting the Transformer's training step took 0.53x and 0.57x its time
-under glibc's defaults, a compiled HOPE step 0.72x and 0.88x; a 40-step `hopelab train` of hope (2 threads) 0.82x
-the wall time, with 8% more peak resident memory.
+the freed memory in the heap for reuse: faster steps for a little more resident memory (reports/bench/malloc.md).
 
 The hopelab command line applies it at start (`hopelab.cli.main`); Python users call `keep_freed_memory()`
 themselves. It does nothing where malloc is not glibc's, or where the user set glibc's MALLOC_TRIM_THRESHOLD_ or

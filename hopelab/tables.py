@@ -1,4 +1,4 @@
-"""Long-format tables shared by the probes (writers) and `analysis/` (readers).
+"""Long-format tables shared by the probes (writers) and `analysis/` (readers), and the JSON files beside them.
 
 One row per scalar, with an explicit pyarrow schema so every Parquet file of every run has the same
 columns and dtypes. All writes are atomic: a temp file in the same directory, then `os.replace`.
@@ -103,6 +103,16 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON file at `path`, or None when there is no such file. A file that is not JSON raises
+    ValueError (json.JSONDecodeError); the caller decides whether that is an error or an unusable file."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    return json.loads(text)
 
 
 def read_parquet(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:

@@ -62,8 +62,7 @@ def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from hopelab.lit.run import parse_overrides, train_one
-    from hopelab.runs import RunSpec
+    from hopelab.run import RunSpec, parse_overrides, train_one
 
     rng = random.Random(0)
     words = "the of and to in a is that for it as was with be by on not he this are or his from at".split()

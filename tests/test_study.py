@@ -15,10 +15,12 @@ from typer.testing import CliRunner
 from hopelab.cli import app, main
 from hopelab.errors import UserError
 from hopelab.models import VARIANTS
-from hopelab.study import Cell, FileLock, LockHeld, Study, load_study, plan_runs, shard_runs
-from hopelab.study.plan import disk_state, parse_shard
+from hopelab.run import RunState
+from hopelab.run.lock import FileLock, LockHeld
+from hopelab.study import Cell, Study, load_study, plan_runs, shard_runs
+from hopelab.study.plan import parse_shard
 from hopelab.study.runner import execute_run, threads_per_job
-from hopelab.study.state import read_study_json, record_runs, register_study, run_record
+from hopelab.study.study_json import read_study_json, record_runs, register_study, run_record
 
 runner = CliRunner()
 
@@ -168,16 +170,16 @@ def test_lock_stops_a_second_process_from_training_the_same_run(tmp_path):
     (run,) = plan_runs(study, out=str(tmp_path))
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        run.lock_path.parent.mkdir(parents=True)
-        run.lock_path.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": 0}))
-        assert disk_state(run)["status"] == "running"
+        run.dir.lock.parent.mkdir(parents=True)
+        run.dir.lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": 0}))
+        assert run.dir.state().status == "running"
         outcome = execute_run(run, tmp_path / "locked")
         assert outcome.status == "running" and f"pid {other.pid}" in outcome.reason
         assert not run.spec.run_dir.exists()  # nothing was trained
     finally:
         other.kill()
         other.wait()
-    assert disk_state(run)["status"] == "pending"  # its owner died: the lock is stale now
+    assert run.dir.state().status == "pending"  # its owner died: the lock is stale now
 
 
 def test_threads_per_job():
@@ -192,9 +194,10 @@ def test_study_json_merges_scales_and_shards(tmp_path):
     runs = plan_runs(study, out=str(tmp_path))
     small = [r for r in runs if r.spec.scale == "small"]
     scaled = [r for r in runs if r.spec.scale == "scaled"]
-    register_study(root, study.to_dict(), "cmd small", [run_record(r, disk_state(r)) for r in small])
-    register_study(root, study.to_dict(), "cmd scaled", [run_record(r, disk_state(r)) for r in scaled])
-    record_runs(root, [run_record(small[0], {"status": "done", "final_val_loss": 4.2, "wall_time_s": 3.0})])
+    register_study(root, study.to_dict(), "cmd small", [run_record(r, r.dir.state()) for r in small])
+    register_study(root, study.to_dict(), "cmd scaled", [run_record(r, r.dir.state()) for r in scaled])
+    done = RunState(small[0].spec.run_id, "done", final_val_loss=4.2, wall_time_s=3.0)
+    record_runs(root, [run_record(small[0], done)])
     data = read_study_json(root)
     assert [r["run_id"] for r in data["runs"]] == [r.spec.run_id for r in runs]  # one row per run, no duplicates
     first = data["runs"][0]

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from hopelab.errors import UserError
-from hopelab.lit.run import parse_overrides, train_one
-from hopelab.runs import RunSpec
+from hopelab.run import RunSpec, parse_overrides, train_one
 from hopelab.tables import METRICS_SCHEMA, PROBE_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -96,7 +95,7 @@ def hope_run(corpus, tmp_path_factory):
 def test_run_directory_schema_probes_and_metrics(hope_run):
     spec, result = hope_run
     run_dir = spec.run_dir
-    assert result.status == "done" and result.last_step == STEPS and result.run_dir == run_dir
+    assert result.status == "done" and result.last_step == STEPS and result.run_id == spec.run_id
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["last_step"] == STEPS and manifest["reason"] is None
     assert manifest["final_val_loss"] == result.final_val_loss and math.isfinite(result.final_val_loss)

@@ -11,13 +11,10 @@ the probed runs' wall time (the same quantity measured within each run, so much 
 
 from __future__ import annotations
 
-import json
 import tempfile
-from pathlib import Path
 from typing import Any
 
-from hopelab.lit.run import train_one
-from hopelab.runs import RunSpec
+from hopelab.run import RunSpec, train_one
 
 
 def probe_overhead(
@@ -57,18 +54,17 @@ def probe_overhead(
                 precision=precision,
                 probes=probes,
             )
-            result = train_one(spec, progress=quiet)
+            result = train_one(spec, progress=quiet)  # its RunState, as written to manifest.json
             if result.status != "done":
                 raise RuntimeError(f"benchmark run failed: {result.reason}")
-            manifest = json.loads((Path(result.run_dir) / "manifest.json").read_text())
-            runs[probes].append((result.wall_time_s, float(manifest.get("probe_time_s") or 0.0), manifest))
+            runs[probes].append((result.wall_time_s, float(result.probe_time_s or 0.0), result))
     on, off = [w for w, _, _ in runs[True]], [w for w, _, _ in runs[False]]
     return {
         "scale": scale,
         "variant": variant,
-        "steps": runs[True][0][2].get("last_step"),
+        "steps": runs[True][0][2].last_step,
         "pairs": pairs,
-        "ckpt_every": runs[True][0][2].get("ckpt_every"),
+        "ckpt_every": runs[True][0][2].ckpt_every,
         "with_probes_s": sum(on) / pairs,
         "without_probes_s": sum(off) / pairs,
         "overhead": sum(a / b for a, b in zip(on, off)) / pairs - 1.0,

@@ -1,4 +1,5 @@
-"""Rich progress bars on stderr for the long steps of `prepare` (or a silent stand-in)."""
+"""The progress bars of hopelab (rich, on stderr by default), or a silent stand-in: one factory for `prepare`,
+a training run, a study and a report."""
 
 from __future__ import annotations
 
@@ -24,20 +25,33 @@ class NoProgress:
         return None
 
 
-def progress_bar(enabled: bool):
-    """A rich Progress on stderr when enabled, else NoProgress. Tasks with a total count bytes and show
-    size and speed; tasks added with total=None are plain spinners (e.g. BPE merges)."""
+def progress_bar(enabled: bool = True, kind: str = "bytes", console=None, transient: bool = False):
+    """A rich Progress when enabled (on `console`, default stderr), else NoProgress. `kind` picks the columns:
+
+        bytes   `prepare`: tasks with a total count bytes and show size and speed; tasks added with
+                total=None are plain spinners (e.g. BPE merges)
+        steps   one training run: step/total, the task's `loss` field, time left
+        runs    a study: done/total, the task's `loss` field, time taken and left
+        items   a report: the item being made, done/total, time taken
+    """
     if not enabled:
         return NoProgress()
     from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(*_columns(kind), console=console or Console(stderr=True), transient=transient)
+
+
+def _columns(kind: str) -> list:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
+        MofNCompleteColumn,
         ProgressColumn,
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
         TransferSpeedColumn,
     )
     from rich.text import Text
@@ -52,12 +66,16 @@ def progress_bar(enabled: bool):
         def render(self, task):
             return Text("") if task.fields.get("spinner") else self.column.render(task)
 
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        BytesOnly(DownloadColumn()),
-        BytesOnly(TransferSpeedColumn()),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
+    if kind == "bytes":
+        return [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), BytesOnly(DownloadColumn()),
+                BytesOnly(TransferSpeedColumn()), TimeElapsedColumn()]
+    if kind == "steps":
+        return [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn()]
+    if kind == "runs":
+        return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    if kind == "items":
+        return [TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn()]
+    raise ValueError(f"unknown progress bar kind {kind!r}")

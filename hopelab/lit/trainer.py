@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 
 from hopelab.errors import UserError
+from hopelab.run.rundir import RunDir
 
 log = logging.getLogger("hopelab.train")
 
-CKPT_RE = re.compile(r"^step(\d+)\.ckpt$")
 KEEP_CHECKPOINTS = 2  # the last one plus one fallback in case the last is corrupt
 
 
@@ -45,18 +44,6 @@ class Schedule:
         return step == 0 or self.is_ckpt_step(step)
 
 
-def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
-    return Path(ckpt_dir) / f"step{step:06d}.ckpt"
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step checkpoint, oldest first."""
-    if not Path(ckpt_dir).is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).iterdir() if (m := CKPT_RE.match(p.name))]
-    return sorted(found)
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """torch.load a Lightning checkpoint on CPU and check it is one of ours (raises on any problem)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # as Lightning loads it on resume
@@ -66,10 +53,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def last_good_checkpoint(ckpt_dir: Path, rename_corrupt: bool = True) -> tuple[int, Path] | None:
-    """The newest checkpoint that loads and whose global step matches its name; corrupt ones are renamed
+def last_good_checkpoint(run_dir: RunDir, rename_corrupt: bool = True) -> tuple[int, Path] | None:
+    """The run's newest checkpoint that loads and whose global step matches its name; corrupt ones are renamed
     `*.corrupt` (kept for inspection; only by rank 0) and the previous one is tried."""
-    for step, path in reversed(list_checkpoints(ckpt_dir)):
+    for step, path in reversed(run_dir.list_checkpoints()):
         try:
             ckpt = load_checkpoint(path)
             if int(ckpt["global_step"]) != step:
@@ -83,28 +70,23 @@ def last_good_checkpoint(ckpt_dir: Path, rename_corrupt: bool = True) -> tuple[i
 
 
 class StepCheckpoint(Callback):
-    """Saves `checkpoints/step{k:06d}.ckpt` atomically at every checkpoint step, keeps the last few.
+    """Saves the run's checkpoint of step k (`RunDir.checkpoint(k)`) atomically at every checkpoint step, keeps
+    the last few.
 
     Must be the last callback: the metrics and probes of step k are written before checkpoint k.
     """
 
     def __init__(
         self,
-        ckpt_dir: Path,
+        run_dir: RunDir,
         schedule: Schedule,
         keep: int = KEEP_CHECKPOINTS,
         on_saved: Callable[[int], None] | None = None,
-        on_batch_end: Callable[[], None] | None = None,
     ) -> None:
-        self.ckpt_dir = Path(ckpt_dir)
+        self.run_dir = run_dir
         self.schedule = schedule
         self.keep = keep
         self.on_saved = on_saved
-        self.on_batch_end = on_batch_end  # e.g. drop the probe forward cache
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.on_batch_end is not None:
-            self.on_batch_end()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -112,18 +94,16 @@ class StepCheckpoint(Callback):
             self.save(trainer, step)
             if self.on_saved is not None and trainer.is_global_zero:
                 self.on_saved(step)
-        if self.on_batch_end is not None:
-            self.on_batch_end()
 
     def save(self, trainer: pl.Trainer, step: int) -> None:
-        final = checkpoint_path(self.ckpt_dir, step)
+        final = self.run_dir.checkpoint(step)
         tmp = final.with_name(f".{final.name}.tmp")
         if trainer.is_global_zero:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(tmp)  # all ranks call it; rank 0 writes, then a barrier
         if trainer.is_global_zero:
             os.replace(tmp, final)
-            for _, old in list_checkpoints(self.ckpt_dir)[: -self.keep]:
+            for _, old in self.run_dir.list_checkpoints()[: -self.keep]:
                 old.unlink(missing_ok=True)
         trainer.strategy.barrier("hopelab.checkpoint")
 

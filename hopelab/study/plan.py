@@ -1,4 +1,4 @@
-"""Expand a Study into the runs it means (one RunSpec per scale x cell x seed), shard them, read their state.
+"""Expand a Study into the runs it means (one RunSpec per scale x cell x seed) and shard them.
 
     runs = plan_runs(study, scales=["small"], seeds=2, overrides={"dim": "32"})
     mine = shard_runs(runs, "2/4")     # every 4th run, starting with the 2nd
@@ -6,20 +6,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from hopelab.config import apply_overrides, get_scale
+from hopelab.config import apply_overrides, check_scale, get_scale, split_overrides
 from hopelab.errors import UserError
-from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunSpec
-from hopelab.config import check_scale, split_overrides
+from hopelab.run import RunDir, RunSpec
 from hopelab.study.definition import FORBIDDEN_KEYS, Cell, Study
-from hopelab.study.locks import held_by_other
-
-LOCKS_DIR = ".locks"  # under the study root, outside the run directories that training owns
-STATUS_PENDING = "pending"
 
 
 @dataclass
@@ -38,15 +31,8 @@ class PlannedRun:
         return self.steps * self.batch_size * self.context_len
 
     @property
-    def path(self) -> str:
-        """The run directory relative to the study root."""
-        s = self.spec
-        return f"{s.scale}/{s.run_name}/seed{s.seed}"
-
-    @property
-    def lock_path(self) -> Path:
-        s = self.spec
-        return Path(s.out) / s.study / LOCKS_DIR / f"{s.scale}.{s.run_name}.seed{s.seed}.lock"
+    def dir(self) -> RunDir:
+        return RunDir(self.spec.run_dir)
 
 
 def resolve_scales(study: Study, scales: list[str] | None) -> list[str]:
@@ -148,54 +134,14 @@ def shard_runs(runs: list[PlannedRun], shard: str | tuple[int, int] | None) -> l
     return [run for k, run in enumerate(runs) if k % n == i - 1]
 
 
-def read_manifest(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / "manifest.json").read_text())
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, OSError):
-        return {}
-
-
-def is_final_failure(manifest: dict) -> bool:
-    """A run that failed by itself (its loss went non-finite at `failed_step`) is a result and is not
-    retried; a run that failed for any other reason (interrupted, crashed) is retried by the next run."""
-    return manifest.get("status") == STATUS_FAILED and manifest.get("failed_step") is not None
-
-
-def disk_state(run: PlannedRun) -> dict[str, Any]:
-    """What the run directory says: status done|failed|running|pending and the final numbers.
-
-    `running` only while another live process holds the run's lock; a run stopped midway (killed,
-    interrupted, crashed) is `pending` with the reason, and resumes on the next invocation.
-    """
-    manifest = read_manifest(run.spec.run_dir)
-    state: dict[str, Any] = {"status": STATUS_PENDING, "final_val_loss": None, "wall_time_s": None, "reason": None}
-    if manifest:
-        for key in ("final_val_loss", "wall_time_s", "reason", "last_step", "failed_step"):
-            state[key] = manifest.get(key)
-        if manifest.get("status") == STATUS_DONE or is_final_failure(manifest):
-            state["status"] = manifest["status"]
-            return state
-    owner = held_by_other(run.lock_path)
-    if owner is not None:
-        state["status"] = STATUS_RUNNING
-        state["reason"] = f"pid {owner.get('pid')} on {owner.get('host')}"
-    elif manifest:
-        why = f"{manifest.get('status')}: {manifest.get('reason')}" if manifest.get("reason") else "stopped"
-        state["reason"] = f"partial ({why}) at step {manifest.get('last_step')}; resumes"
-    return state
-
-
 def check_same_config(run: PlannedRun) -> None:
     """Resuming (or reporting) a run started with other overrides, steps or data would mix two experiments
     in one directory: refuse before anything starts. Same rule as train_one's own check."""
-    config_path = run.spec.run_dir / "config.json"
-    if not config_path.exists():
+    if not run.dir.config.exists():
         return
-    from hopelab.lit.run import read_json, spec_identity  # lightning: only when there is a run to check
+    from hopelab.run.identity import spec_identity  # torch: only when there is a run to check
 
-    saved = spec_identity((read_json(config_path) or {}).get("spec", {}))
+    saved = spec_identity((run.dir.read_config() or {}).get("spec", {}))
     want = spec_identity(run.spec)
     diff = [k for k in want if want[k] != saved.get(k)]
     if diff:

@@ -1,8 +1,9 @@
 """Run the planned runs of a study: one at a time in this process, or `--jobs N` worker processes.
 
-Every run is trained by `hopelab.lit.run.train_one`, which resumes a partial run by itself. Around it this
+Every run is trained by `hopelab.run.train_one`, which resumes a partial run by itself. Around it this
 module takes the run's lock (so two processes never train the same run), skips finished runs, records each
-run's state in study.json, and keeps going when a run fails (NaN) or crashes.
+run's state in study.json, and keeps going when a run fails (NaN) or crashes. Each run's outcome is its
+`RunState`.
 """
 
 from __future__ import annotations
@@ -12,72 +13,50 @@ import os
 import queue as queue_mod
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from hopelab.data.progress import progress_bar
 from hopelab.errors import UserError
-from hopelab.runs import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING
-from hopelab.study.locks import HOST, FileLock, LockHeld
-from hopelab.study.plan import PlannedRun, check_same_config, disk_state, is_final_failure, read_manifest
-from hopelab.study.state import record_runs, run_record
+from hopelab.run import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunState
+from hopelab.run.lock import HOST, FileLock, LockHeld
+from hopelab.study.plan import PlannedRun, check_same_config
+from hopelab.study.study_json import record_runs, run_record
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss), called every training step
-ERROR_LOG = "error.txt"  # the same name train_one uses for a crash inside training
 
 
-@dataclass
-class RunOutcome:
-    run_id: str
-    status: str  # done | failed | running (another process has it) | pending (stopped midway)
-    final_val_loss: float | None = None
-    wall_time_s: float | None = None
-    reason: str | None = None
-    crashed: bool = False  # an unexpected exception (not a NaN); the traceback is in the run's error.txt
-    skipped: bool = False  # already finished before this invocation
-
-
-def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -> RunOutcome:
+def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -> RunState:
     """Train one run under its lock and record the result in study.json. Returns (never raises) when the
     run fails or crashes; raises UserError (bad input: every run would fail) and KeyboardInterrupt."""
-    spec = run.spec
+    spec, run_dir = run.spec, run.dir
     try:
-        lock = FileLock(run.lock_path).acquire()
+        lock = FileLock(run_dir.lock).acquire()
     except LockHeld as held:
-        return RunOutcome(spec.run_id, STATUS_RUNNING, reason=f"being trained by {held.who}")
+        return RunState(spec.run_id, STATUS_RUNNING, reason=f"being trained by {held.who}")
     try:
-        state = disk_state(run)  # again, under the lock: another process may have just finished it
-        if state["status"] in (STATUS_DONE, STATUS_FAILED):
-            return RunOutcome(
-                spec.run_id, state["status"], state["final_val_loss"], state["wall_time_s"], state["reason"],
-                skipped=True,
-            )
+        state = run_dir.state()  # again, under the lock: another process may have just finished it
+        if state.final:
+            return replace(state, skipped=True)
         check_same_config(run)
-        record_runs(root, [run_record(run, {"status": STATUS_RUNNING, "reason": f"pid {os.getpid()} on {HOST}"})])
-        from hopelab.lit.run import train_one
+        running = RunState(spec.run_id, STATUS_RUNNING, reason=f"pid {os.getpid()} on {HOST}")
+        record_runs(root, [run_record(run, running)])
+        from hopelab.run import train_one
 
         try:
-            result = train_one(spec, progress=progress)
+            state = train_one(spec, progress=progress)
         except (UserError, KeyboardInterrupt, SystemExit) as err:
-            record_runs(root, [run_record(run, disk_state(run))])
+            record_runs(root, [run_record(run, run_dir.state())])
             if isinstance(err, SystemExit):  # Lightning turns Ctrl+C into SystemExit(1)
                 raise KeyboardInterrupt from None
             raise
         except Exception as err:  # escaped train_one (data, model build): record it, go on with the study
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            (spec.run_dir / ERROR_LOG).write_text(traceback.format_exc())
-            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300] + f" (traceback in {ERROR_LOG})"
-            outcome = RunOutcome(spec.run_id, STATUS_FAILED, reason=reason, crashed=True)
-        else:
-            if result.status == STATUS_DONE:
-                outcome = RunOutcome(spec.run_id, STATUS_DONE, result.final_val_loss, result.wall_time_s)
-            else:  # a non-finite loss names its step; any other failure is a crash
-                crashed = not is_final_failure(read_manifest(spec.run_dir) or {})
-                outcome = RunOutcome(
-                    spec.run_id, STATUS_FAILED, None, result.wall_time_s, result.reason, crashed=crashed
-                )
-        record_runs(root, [run_record(run, vars(outcome))])
-        return outcome
+            log = run_dir.write_error(traceback.format_exc())
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300] + f" (traceback in {log})"
+            state = RunState(spec.run_id, STATUS_FAILED, reason=reason)  # crashed: no failed_step
+        record_runs(root, [run_record(run, state)])
+        return state
     finally:
         lock.release()
 
@@ -94,7 +73,7 @@ def _init_worker(progress_queue, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_run(run: PlannedRun, root: Path) -> RunOutcome:
+def _worker_run(run: PlannedRun, root: Path) -> RunState:
     run_id = run.spec.run_id
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -117,26 +96,8 @@ class StudyProgress:
     """Rich progress: runs done/total, and for each active run its step, loss and ETA."""
 
     def __init__(self, console, title: str, total: int, done: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.console = console
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self.bar = progress_bar(kind="runs", console=console)
         self.overall = self.bar.add_task(f"[bold]{title}[/] runs", total=total, completed=done, loss="")
         self.tasks: dict[str, int] = {}
         self.ended: set[str] = set()  # late progress messages of these runs are dropped
@@ -156,7 +117,7 @@ class StudyProgress:
         if step is not None:
             self.bar.update(self.tasks[run_id], completed=step, total=total, loss=f"loss {loss:.3f}")
 
-    def finished(self, outcome: RunOutcome) -> None:
+    def finished(self, outcome: RunState) -> None:
         self.ended.add(outcome.run_id)
         task = self.tasks.pop(outcome.run_id, None)
         if task is not None:
@@ -166,7 +127,7 @@ class StudyProgress:
         self.console.print(describe(outcome))
 
 
-def describe(outcome: RunOutcome) -> str:
+def describe(outcome: RunState) -> str:
     if outcome.status == STATUS_DONE:
         loss = f"val loss {outcome.final_val_loss:.4f}" if outcome.final_val_loss is not None else "no val loss"
         wall = f", {outcome.wall_time_s:.1f} s" if outcome.wall_time_s is not None else ""
@@ -179,17 +140,14 @@ def describe(outcome: RunOutcome) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1) -> list[RunOutcome]:
+def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1) -> list[RunState]:
     """Train every run not yet finished; returns one outcome per run, in plan order."""
-    outcomes: dict[str, RunOutcome] = {}
+    outcomes: dict[str, RunState] = {}
     todo: list[PlannedRun] = []
     for run in runs:
-        state = disk_state(run)
-        if state["status"] in (STATUS_DONE, STATUS_FAILED):
-            outcomes[run.spec.run_id] = RunOutcome(
-                run.spec.run_id, state["status"], state["final_val_loss"], state["wall_time_s"], state["reason"],
-                skipped=True,
-            )
+        state = run.dir.state()
+        if state.final:
+            outcomes[run.spec.run_id] = replace(state, skipped=True)
         else:
             todo.append(run)
     if outcomes:
@@ -199,7 +157,7 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
             for run in todo:
                 run_id = run.spec.run_id
                 display.step(run_id, None, run.steps, None)
-                outcome = execute_run(run, root, lambda s, t, l, rid=run_id: display.step(rid, s, t, l))
+                outcome = execute_run(run, root, lambda s, t, loss, rid=run_id: display.step(rid, s, t, loss))
                 outcomes[run_id] = outcome
                 display.finished(outcome)
         else:
@@ -228,10 +186,8 @@ def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: 
                 except UserError:
                     raise
                 except Exception as err:  # the worker process itself died (killed, out of memory)
-                    outcome = RunOutcome(
-                        run.spec.run_id, STATUS_FAILED, reason=f"crashed: worker died: {err}", crashed=True
-                    )
-                    record_runs(root, [run_record(run, vars(outcome))])
+                    outcome = RunState(run.spec.run_id, STATUS_FAILED, reason=f"crashed: worker died: {err}")
+                    record_runs(root, [run_record(run, outcome)])
                 outcomes[run.spec.run_id] = outcome
                 display.finished(outcome)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,15 +14,18 @@ data_app = typer.Typer(help="Offline corpora and tokenizers: tokenize once into 
 
 @data_app.command("prepare")
 def prepare_command(
-    corpus: Optional[Path] = typer.Option(
-        None, "--corpus", help="A .txt file, a directory, a .jsonl or a Parquet file "
-        "(default: the Wikipedia sample embedded in gensim)"),
-    tokenizer: str = typer.Option("bpe", "--tokenizer", help="gpt2 (vocab 50257) or bpe (trained on the corpus)"),
-    vocab_size: int = typer.Option(8192, "--vocab-size", help="Vocab size of the trained bpe (ignored for gpt2)"),
-    text_field: str = typer.Option("text", "--text-field", help="JSONL field / Parquet column with the text"),
-    cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", help="Cache root (default: $HOPELAB_CACHE, else ~/.cache/hopelab)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars"),
+    corpus: Annotated[Optional[Path], typer.Option(
+        "--corpus", help="A .txt file, a directory, a .jsonl or a Parquet file "
+        "(default: the Wikipedia sample embedded in gensim)")] = None,
+    tokenizer: Annotated[str, typer.Option(
+        "--tokenizer", help="gpt2 (vocab 50257) or bpe (trained on the corpus)")] = "bpe",
+    vocab_size: Annotated[int, typer.Option(
+        "--vocab-size", help="Vocab size of the trained bpe (ignored for gpt2)")] = 8192,
+    text_field: Annotated[str, typer.Option(
+        "--text-field", help="JSONL field / Parquet column with the text")] = "text",
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        "--cache-dir", help="Cache root (default: $HOPELAB_CACHE, else ~/.cache/hopelab)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars")] = True,
 ) -> None:
     """Tokenize a corpus (cached; instant when already prepared) and print a summary."""
     from rich.console import Console

@@ -11,10 +11,11 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from hopelab.cli.options import DpiOpt, OnlyScaleOpt, StudyDirArg
 from hopelab.errors import UserError
 
 
@@ -43,14 +44,12 @@ def _check_dpi(dpi: int) -> None:
 
 
 class _Progress:
-    """A rich progress bar over named steps, on stderr."""
+    """A progress bar over named steps, on stderr: called with the name of each step as it starts."""
 
     def __init__(self, total: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from hopelab.data.progress import progress_bar
 
-        self.bar = Progress(TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self.bar = progress_bar(kind="items", transient=True)
         self.task = self.bar.add_task("loading", total=total)
         self.started = False
 
@@ -83,10 +82,10 @@ def _summary(results, out: Path) -> str:
 
 
 def report(
-    study_dir: Path = typer.Argument(..., help="study root (<out>/<study>/) or one scale's directory under it"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory [default: reports/<study>]"),
-    scale: Optional[str] = typer.Option(None, "--scale", help="report only this scale"),
-    dpi: int = typer.Option(200, "--dpi", help="PNG resolution"),
+    study_dir: StudyDirArg,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output directory [default: reports/<study>]")] = None,
+    scale: Annotated[Optional[str], typer.Option("--scale", help="report only this scale")] = None,
+    dpi: DpiOpt = 200,
 ) -> None:
     """Render every figure and table and a README.md with setup, findings and captions."""
     _check_dpi(dpi)
@@ -100,12 +99,13 @@ def report(
 
 
 def figures(
-    study_dir: Path = typer.Argument(..., help="study root (<out>/<study>/) or one scale's directory under it"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory [default: reports/<study>/figures]"),
-    only: Optional[str] = typer.Option(None, "--only", help="figure numbers, e.g. 1,3 (1 CMS, 2 self-mod, "
-                                                            "3 surprise, 4 importance, 5 curves)"),
-    scale: Optional[str] = typer.Option(None, "--scale", help="only this scale"),
-    dpi: int = typer.Option(200, "--dpi", help="PNG resolution"),
+    study_dir: StudyDirArg,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output directory "
+                                                "[default: reports/<study>/figures]")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="figure numbers, e.g. 1,3 (1 CMS, 2 self-mod, "
+                                                "3 surprise, 4 importance, 5 curves)")] = None,
+    scale: OnlyScaleOpt = None,
+    dpi: DpiOpt = 200,
 ) -> None:
     """Render figures (PNG and PDF) only."""
     _check_dpi(dpi)
@@ -120,9 +120,10 @@ def figures(
 
 
 def tables(
-    study_dir: Path = typer.Argument(..., help="study root (<out>/<study>/) or one scale's directory under it"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory [default: reports/<study>/tables]"),
-    scale: Optional[str] = typer.Option(None, "--scale", help="only this scale"),
+    study_dir: StudyDirArg,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output directory "
+                                                "[default: reports/<study>/tables]")] = None,
+    scale: OnlyScaleOpt = None,
 ) -> None:
     """Render tables (Markdown, LaTeX, CSV) only."""
     study = _load(study_dir, scale)

@@ -1,4 +1,4 @@
-"""Lock files so two processes never train the same run (or write study.json at the same time).
+"""Lock files so two processes never train the same run (or write a study's study.json at the same time).
 
 A lock is a file created with O_CREAT|O_EXCL holding {"pid", "host", "started"}. A lock whose pid is dead
 on this host is stale and is taken over; a lock from another host is trusted (we cannot see its pid).
@@ -11,6 +11,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from hopelab.tables import read_json
 
 HOST = socket.gethostname()
 _EMPTY_GRACE_S = 30.0  # a lock file still empty after this long lost its writer between create and write
@@ -41,14 +43,12 @@ def pid_alive(pid: int) -> bool:
 def read_owner(path: Path) -> dict | None:
     """The lock's owner, {} for a lock being written, None when there is no lock."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        owner = json.loads(text)
-        return owner if isinstance(owner, dict) else {}
-    except json.JSONDecodeError:
+        owner = read_json(path)
+    except ValueError:  # torn or half-written
         return {}
+    if owner is None:
+        return None
+    return owner if isinstance(owner, dict) else {}
 
 
 def is_stale(path: Path, owner: dict) -> bool:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hopelab.errors import UserError
-from hopelab.study.locks import FileLock
+from hopelab.run import RunState
+from hopelab.run.lock import FileLock
 from hopelab.study.plan import PlannedRun
-from hopelab.tables import write_json_atomic
+from hopelab.tables import read_json, write_json_atomic
 
 STUDY_JSON = "study.json"
 _LOCK_WAIT_S = 120.0
@@ -27,11 +28,11 @@ def study_root(out: str | Path, study_name: str) -> Path:
 def read_study_json(root: Path) -> dict[str, Any]:
     path = Path(root) / STUDY_JSON
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
+        data = read_json(path)
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); fix or delete it") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a study.json (expected an object)")
     return data
@@ -48,8 +49,8 @@ def update_study_json(root: Path, change: Callable[[dict[str, Any]], None]) -> d
     return data
 
 
-def run_record(run: PlannedRun, state: dict[str, Any]) -> dict[str, Any]:
-    """One entry of study.json's "runs"."""
+def run_record(run: PlannedRun, state: RunState) -> dict[str, Any]:
+    """One entry of study.json's "runs": the planned run and where it stands."""
     s = run.spec
     overrides = {**s.model_overrides, **s.train_overrides}
     return {
@@ -62,11 +63,11 @@ def run_record(run: PlannedRun, state: dict[str, Any]) -> dict[str, Any]:
         "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
         "steps": run.steps,
         "tokens": run.tokens,
-        "path": run.path,
-        "status": state.get("status"),
-        "final_val_loss": state.get("final_val_loss"),
-        "wall_time_s": state.get("wall_time_s"),
-        "reason": state.get("reason"),
+        "path": run.dir.relative,
+        "status": state.status,
+        "final_val_loss": state.final_val_loss,
+        "wall_time_s": state.wall_time_s,
+        "reason": state.reason,
     }
 
 

@@ -20,12 +20,13 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from hopelab.errors import UserError
-from hopelab.runs import COMPILE_HELP, RECOMPUTE_HELP, STATUS_DONE, STATUS_FAILED
+from hopelab.cli.options import CompileOpt, RecomputeOpt, SeedsOpt, StepsOpt, StudyNameArg, StudyScalesOpt, StudySetOpt
 from hopelab.config import parse_set_options
+from hopelab.errors import CommandFailed, UserError
+from hopelab.run import STATUS_DONE, STATUS_FAILED, RunDir
 from hopelab.study.loader import LoadedStudy, builtin_names, load_study
-from hopelab.study.plan import PlannedRun, check_same_config, disk_state, parse_shard, plan_runs, shard_runs
-from hopelab.study.state import study_root
+from hopelab.study.plan import PlannedRun, check_same_config, parse_shard, plan_runs, shard_runs
+from hopelab.study.study_json import STUDY_JSON, study_root
 
 
 class StudyGroup(TyperGroup):
@@ -51,30 +52,6 @@ study_app = typer.Typer(
     epilog="Exit codes: 0 all runs finished (failed runs, e.g. NaN, are listed), 1 a run crashed, "
     "2 bad input, 130 interrupted.",
 )
-
-# ------------------------------------------------------------------------------------ shared options
-ScaleOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--scale", "-s", metavar="SCALE",
-        help="tiny | small | scaled (repeat or comma-separate); default: the study's own",
-    ),
-]
-SeedsOpt = Annotated[
-    Optional[int], typer.Option("--seeds", metavar="N", help="seeds per cell (0..N-1); default: the study's")
-]
-StepsOpt = Annotated[
-    Optional[int], typer.Option("--steps", metavar="N", help="training steps per run; default: the scale's")
-]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--set",
-        metavar="KEY=VALUE",
-        help="override a ModelConfig/TrainConfig field in every cell, after the study's own overrides "
-        "(repeatable), e.g. --set dim=32 --set ckpt_every=3",
-    ),
-]
 
 
 def _plan(
@@ -150,11 +127,11 @@ def list_cmd() -> None:
 
 @study_app.command("show")
 def show_cmd(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="a built-in study or a .py definition file")],
-    scale: ScaleOpt = None,
+    name: StudyNameArg,
+    scale: StudyScalesOpt = None,
     seeds: SeedsOpt = None,
     steps: StepsOpt = None,
-    set_: SetOpt = None,
+    set_: StudySetOpt = None,
 ) -> None:
     """What a study would run: cells, seeds, steps and training tokens (steps x batch x context)."""
     loaded, runs = _plan(name, scale, seeds, steps, set_)
@@ -180,8 +157,8 @@ def _print_plan(loaded: LoadedStudy, runs: list[PlannedRun], per_run: bool, shar
         if per_run:
             table.add_column("status", overflow="fold", min_width=9, ratio=1)
             for r in at:
-                state = disk_state(r)
-                status = state["status"] + (f" ({state['reason']})" if state.get("reason") else "")
+                state = r.dir.state()
+                status = state.status + (f" ({state.reason})" if state.reason else "")
                 table.add_row(r.spec.run_name, str(r.spec.seed), str(r.steps),
                               f"{r.batch_size}×{r.context_len}", _tokens(r.tokens), _overrides_text(r), status)
         else:
@@ -202,8 +179,8 @@ def _print_plan(loaded: LoadedStudy, runs: list[PlannedRun], per_run: bool, shar
 @study_app.command("run", no_args_is_help=True)
 def run_cmd(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME", help="a built-in study or a .py definition file")],
-    scale: ScaleOpt = None,
+    name: StudyNameArg,
+    scale: StudyScalesOpt = None,
     seeds: SeedsOpt = None,
     steps: StepsOpt = None,
     out: Annotated[
@@ -217,12 +194,12 @@ def run_cmd(
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
-    recompute: Annotated[bool, typer.Option("--recompute", help=RECOMPUTE_HELP)] = False,
+    compile_: CompileOpt = False,
+    recompute: RecomputeOpt = False,
     shard: Annotated[
         Optional[str], typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
-    set_: SetOpt = None,
+    set_: StudySetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the runs and their state; train nothing")] = False,
 ) -> None:
     """Train every run of a study not yet finished (rerun to resume); write OUT/<study>/study.json.
@@ -252,7 +229,7 @@ def run_cmd(
         _print_plan(loaded, mine, per_run=True, shard=shard)
         return
     from hopelab.study.runner import describe, run_all
-    from hopelab.study.state import register_study, run_record
+    from hopelab.study.study_json import register_study, run_record
 
     root = study_root(out, loaded.study.name)
     try:
@@ -263,8 +240,8 @@ def run_cmd(
     scales = ",".join(dict.fromkeys(r.spec.scale for r in runs))
     console.print(f"[bold]study {loaded.study.name}[/] ({loaded.source}) at {scales}: {len(runs)} runs{shard_note}")
     console.print(f"study directory: {root}")
-    states = [disk_state(r) for r in mine]
-    todo = [r for r, st in zip(mine, states) if st["status"] not in (STATUS_DONE, STATUS_FAILED)]
+    states = [r.dir.state() for r in mine]
+    todo = [r for r, st in zip(mine, states) if not st.final]
     _print_corpus_note(console, todo, data)
     definition = {
         **loaded.study.to_dict(), "source": loaded.source, "source_sha256": loaded.sha256, "source_text": loaded.text
@@ -273,18 +250,17 @@ def run_cmd(
     try:
         outcomes = run_all(mine, root, console, f"{loaded.study.name} {scales}", jobs=jobs)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: rerun the same command to resume")
-        raise SystemExit(130) from None
+        raise CommandFailed("[yellow]interrupted[/]: rerun the same command to resume", exit_code=130) from None
     _print_summary(console, mine, outcomes)
-    console.print(f"study.json: {root / 'study.json'}")
+    console.print(f"study.json: {root / STUDY_JSON}")
     crashed = [o for o in outcomes if o.crashed]
     elsewhere = [o for o in outcomes if o.status not in (STATUS_DONE, STATUS_FAILED)]
     if elsewhere:
         busy = "; ".join(describe(o) for o in elsewhere[:3])
         console.print(f"{len(elsewhere)} run(s) are being trained by another process: {busy}")
     if crashed:
-        console.print(f"[red]{len(crashed)} run(s) crashed[/]: see error.txt in their run directories; rerun to retry")
-        raise SystemExit(1)  # not typer.Exit: `app(standalone_mode=False)` returns its code instead of raising
+        raise CommandFailed(f"[red]{len(crashed)} run(s) crashed[/]: see {RunDir.ERROR_LOG} in their run "
+                            "directories; rerun to retry")
 
 
 def _print_summary(console, runs: list[PlannedRun], outcomes) -> None:

@@ -1,0 +1,5 @@
+"""`python -m hopelab.cli ...` is `hopelab ...`."""
+
+from hopelab.cli import main
+
+main()
