@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hopelab.errors import UserError
+from hopelab.userfiles import UserFileError, exec_user_file
 
 CallFn = Callable[[nn.Module, torch.Tensor], Any]
 LossFn = Callable[..., torch.Tensor]
@@ -44,20 +43,10 @@ def load_object(spec: str, what: str = "target") -> Any:
         path = Path(mod_part).expanduser().resolve()
         if not path.is_file():
             raise UserError(f"{what} file {mod_part!r} does not exist")
-        folder = str(path.parent)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-        name = f"_hopelab_audit_{path.stem}_{abs(hash(str(path)))}"
-        module = sys.modules.get(name)
-        if module is None:
-            loader_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[name] = module
-            try:
-                loader_spec.loader.exec_module(module)
-            except Exception as err:
-                del sys.modules[name]
-                raise UserError(f"cannot import {what} file {mod_part!r}: {type(err).__name__}: {err}") from err
+        try:
+            module = exec_user_file(path, keep=True)
+        except UserFileError as err:
+            raise UserError(f"cannot import {what} file {mod_part!r}: {err.reason}") from None
     else:
         try:
             module = importlib.import_module(mod_part)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import pkgutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hopelab.errors import UserError
 from hopelab.study.definition import Study
+from hopelab.userfiles import UserFileError, exec_user_file
 
 
 @dataclass
@@ -43,22 +42,12 @@ def _study_from_module(module, source: str) -> Study:
 
 
 def _exec_file(path: Path) -> Study:
-    name = f"_hopelab_user_study_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UserError(f"cannot load study file {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        module = exec_user_file(path)
+    except UserFileError as err:
+        raise UserError(f"malformed study file {path}: {err.reason}") from None
     except UserError as err:
         raise UserError(f"study file {path}: {err}") from None
-    except SyntaxError as err:
-        raise UserError(f"malformed study file {path}: line {err.lineno}: {err.msg}") from None
-    except Exception as err:  # a user's file can fail in any way; say where, in one line
-        raise UserError(f"malformed study file {path}: {type(err).__name__}: {err}") from None
-    finally:
-        sys.modules.pop(name, None)
     return _study_from_module(module, str(path))
 
 
