@@ -206,7 +206,7 @@ def test_custom_call_and_loss_as_strings_and_callables():
         run("stateful_call.py:build")
     r = run("stateful_call.py:build", call=f"{spec}:run", loss=f"{spec}:loss")
     assert r.exit_code == 0 and r.findings == [] and r.settings["loss"] == "user loss (--loss)"
-    mod = sys.modules[[k for k in sys.modules if k.startswith("_hopelab_audit_stateful_call")][0]]
+    mod = sys.modules[[k for k in sys.modules if k.startswith("_hopelab_user_stateful_call")][0]]
     r2 = run("stateful_call.py:build", call=mod.run, loss=lambda out, x, model: mod.loss(out, x))
     assert r2.exit_code == 0 and r2.findings == []
 
