@@ -23,7 +23,7 @@ import numpy as np
 from hopelab.config import get_scale, to_dict
 from hopelab.models import variant_config
 from hopelab.run import RunSpec
-from hopelab.tables import METRICS_SCHEMA, PROBE_SCHEMA, rows_to_table, write_json_atomic, write_parquet_atomic
+from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA, rows_to_table, write_json_atomic, write_parquet_atomic
 
 VARIANTS = ["hope", "hope_no_cms", "hope_no_selfmod", "hope_no_surprise", "titans", "transformer",
             "transformer_matched"]

@@ -19,7 +19,7 @@ import torch
 
 from hopelab.errors import UserError
 from hopelab.run import RunSpec, parse_overrides, train_one
-from hopelab.tables import METRICS_SCHEMA, PROBE_SCHEMA
+from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA
 
 pytestmark = pytest.mark.slow
 

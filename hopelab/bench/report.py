@@ -17,7 +17,7 @@ import torch
 
 from hopelab.bench.timing import COMPILED, RECOMPUTED
 from hopelab.malloc import freed_memory_setting
-from hopelab.tables import atomic_path, write_parquet_atomic
+from hopelab.records import atomic_path, write_parquet_atomic
 
 BENCH_SCHEMA = pa.schema([("section", pa.string()), ("variant", pa.string()), ("metric", pa.string()),
                           ("value", pa.float64()), ("unit", pa.string())])

@@ -37,7 +37,7 @@ def audit_command(
 
     from hopelab.audit.checks import audit
     from hopelab.audit.target import build_target
-    from hopelab.tables import atomic_path, write_json_atomic
+    from hopelab.records import atomic_path, write_json_atomic
 
     console = Console(stderr=True)
     if threads is not None:

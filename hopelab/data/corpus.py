@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hopelab.data.cache import digest, file_sha256, locked, slug
-from hopelab.tables import atomic_path
+from hopelab.records import atomic_path
 from hopelab.errors import UserError
 
 EMBEDDED_PACKAGE = "gensim"

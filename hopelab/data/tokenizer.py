@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from hopelab.data.cache import cache_root, digest, locked
-from hopelab.tables import atomic_path
+from hopelab.records import atomic_path
 from hopelab.data.progress import NoProgress
 from hopelab.errors import UserError
 

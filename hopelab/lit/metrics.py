@@ -22,7 +22,7 @@ from hopelab.lit.module import NonFiniteError, lm_loss, lr_factor
 from hopelab.lit.trainer import Schedule
 from hopelab.probes.base import RunLabels
 from hopelab.probes.forward import eval_mode, forward_context
-from hopelab.tables import METRICS_SCHEMA, rows_to_table, write_parquet_atomic
+from hopelab.records import METRICS_SCHEMA, rows_to_table, write_parquet_atomic
 
 StepFn = Callable[[int, int, float], None]
 

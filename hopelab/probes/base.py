@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from hopelab.probes.forward import ProbeStep
-from hopelab.tables import PROBE_SCHEMA, rows_to_table, write_parquet_atomic
+from hopelab.records import PROBE_SCHEMA, rows_to_table, write_parquet_atomic
 
 if TYPE_CHECKING:
     from hopelab.lit.trainer import Schedule

@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from hopelab.tables import read_json
+from hopelab.records import read_json
 
 HOST = socket.gethostname()
 _EMPTY_GRACE_S = 30.0  # a lock file still empty after this long lost its writer between create and write

@@ -4,8 +4,8 @@
         config.json       the resolved ModelConfig + TrainConfig + RunSpec (also inside every checkpoint)
         manifest.json     the RunState: status and why, final numbers, git SHA, versions, hardware, times
         checkpoints/      step<k:06d>.ckpt, Lightning checkpoints every `ckpt_every` steps (the last two kept)
-        probes/           long-format probe Parquet (hopelab.tables.PROBE_SCHEMA)
-        metrics.parquet   long-format training metrics (hopelab.tables.METRICS_SCHEMA)
+        probes/           long-format probe Parquet (hopelab.records.PROBE_SCHEMA)
+        metrics.parquet   long-format training metrics (hopelab.records.METRICS_SCHEMA)
         error.txt         the traceback of a run that crashed
     <out>/<study>/.locks/<scale>.<run_name>.seed<k>.lock
                           held while a process trains the run (outside the folder, which training owns)
@@ -19,7 +19,7 @@ from typing import Any
 
 from hopelab.run.lock import held_by_other
 from hopelab.run.state import STATUS_PENDING, STATUS_RUNNING, RunState
-from hopelab.tables import read_json, write_json_atomic
+from hopelab.records import read_json, write_json_atomic
 
 _CKPT_RE = re.compile(r"^step(\d+)\.ckpt$")
 

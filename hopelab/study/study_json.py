@@ -15,7 +15,7 @@ from hopelab.errors import UserError
 from hopelab.run import RunState
 from hopelab.run.lock import FileLock
 from hopelab.study.plan import PlannedRun
-from hopelab.tables import read_json, write_json_atomic
+from hopelab.records import read_json, write_json_atomic
 
 STUDY_JSON = "study.json"
 _LOCK_WAIT_S = 120.0

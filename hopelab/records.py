@@ -1,4 +1,4 @@
-"""Long-format tables shared by the probes (writers) and `analysis/` (readers), and the JSON files beside them.
+"""Long-format records shared by the probes (writers) and `analysis/` (readers), and the JSON files beside them.
 
 One row per scalar, with an explicit pyarrow schema so every Parquet file of every run has the same
 columns and dtypes. All writes are atomic: a temp file in the same directory, then `os.replace`.
