@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ import pyarrow.dataset as ds
 
 from hopelab.config import SCALES
 from hopelab.errors import UserError
-from hopelab.run import STATUS_DONE, STATUS_FAILED
+from hopelab.run import STATUS_DONE, STATUS_FAILED, RunDir
+from hopelab.run.spec import parse_run_id
 from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA, read_parquet
 
 # One row per run. Config fields of interest are flattened from config.json ("model", "train", "spec").
@@ -191,38 +191,20 @@ def _hardware_summary(hw: Any) -> str | None:
     return "; ".join(parts)
 
 
-_RUN_ID = re.compile(r"^(?P<study>[^/]+)/(?P<scale>[^/]+)/(?P<run_name>[^/]+)/seed(?P<seed>\d+)$")
-
-
-def _identity_from_path(run_dir: Path) -> dict[str, Any]:
-    """study/scale/run_name/seedK from the directory layout (the fallback when config.json is missing)."""
-    parts = run_dir.parts
-    out: dict[str, Any] = {}
-    m = re.fullmatch(r"seed(\d+)", parts[-1]) if parts else None
-    if m and len(parts) >= 4:
-        out = {"seed": int(m.group(1)), "run_name": parts[-2], "scale": parts[-3], "study": parts[-4]}
-    return out
-
-
-def _run_row(run_dir: Path, root: Path, notes: list[str]) -> dict[str, Any] | None:
-    manifest = _read_json(run_dir / "manifest.json", notes)
+def _run_row(run: RunDir, root: Path, notes: list[str]) -> dict[str, Any] | None:
+    manifest = _read_json(run.manifest, notes)
     if manifest is None:
         return None
-    config = _read_json(run_dir / "config.json", notes) if (run_dir / "config.json").exists() else None
+    config = _read_json(run.config, notes) if run.config.exists() else None
     if config is None:
-        notes.append(f"{run_dir}: no readable config.json; identity taken from the directory layout")
+        notes.append(f"{run.path}: no readable config.json; identity taken from the directory layout")
         config = {}
     spec = config.get("spec") or {}
     model = config.get("model") or {}
     train = config.get("train") or {}
 
-    row: dict[str, Any] = _identity_from_path(run_dir)
-    m = _RUN_ID.match(str(manifest.get("run_id") or ""))
-    if m:
-        row.update(m.groupdict(), seed=int(m.group("seed")))
-    if row.get("run_name"):  # run_name = variant or variant-tag (variants have no hyphen)
-        variant, _, tag = str(row["run_name"]).partition("-")
-        row.update(variant=variant, tag=tag)
+    row: dict[str, Any] = run.layout_identity()
+    row.update(parse_run_id(str(manifest.get("run_id") or "")) or {})
     for key in ("study", "scale", "variant", "seed"):
         if spec.get(key) not in (None, ""):
             row[key] = spec[key]
@@ -260,7 +242,7 @@ def _run_row(run_dir: Path, root: Path, notes: list[str]) -> dict[str, Any] | No
         row[key] = train.get(key)
     periods = model.get("cms_periods")
     row["cms_periods"] = ",".join(str(int(p)) for p in periods) if periods else None
-    row["path"] = str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir)
+    row["path"] = str(run.path.relative_to(root)) if run.path.is_relative_to(root) else str(run.path)
     return row
 
 
@@ -274,22 +256,20 @@ def _read_probe_files(paths: list[Path], notes: list[str]) -> list[pa.Table]:
         return [t for t in (_read_table(p, PROBE_SCHEMA, notes) for p in paths) if t is not None]
 
 
-def _read_run_tables(run_dir: Path, row: dict[str, Any], notes: list[str]) -> tuple[list, list]:
+def _read_run_tables(run: RunDir, row: dict[str, Any], notes: list[str]) -> tuple[list, list]:
     """The run's metrics and probe tables (Arrow), with the identity columns set from the run's own files."""
     tables: list[tuple[str, pa.Table]] = []
-    if (run_dir / "metrics.parquet").exists():
-        t = _read_table(run_dir / "metrics.parquet", METRICS_SCHEMA, notes)
+    if run.metrics.exists():
+        t = _read_table(run.metrics, METRICS_SCHEMA, notes)
         tables += [("metrics", t)] if t is not None else []
-    # probes/.<name>.tmp files belong to an atomic write in progress
-    paths = [p for p in sorted((run_dir / "probes").glob("*.parquet")) if not p.name.startswith(".")]
-    tables += [("probes", t) for t in _read_probe_files(paths, notes)]
+    tables += [("probes", t) for t in _read_probe_files(run.probe_files(), notes)]
     metrics, probes = [], []
     for kind, table in tables:
         if table.num_rows == 0:
             continue
         ids = [i for i in table.column("run_id").unique().to_pylist() if i is not None]
         if any(i != row["run_id"] for i in ids):
-            notes.append(f"{run_dir}: {kind} rows carry run_id {ids[0]!r}, the manifest says "
+            notes.append(f"{run.path}: {kind} rows carry run_id {ids[0]!r}, the manifest says "
                          f"{row['run_id']!r}; the manifest's is used")
         n = table.num_rows
         for key in ("run_id", "study", "variant", "scale", "seed"):
@@ -324,12 +304,11 @@ def load_results(path: str | Path, scale: str | None = None) -> StudyResults:
     meta = meta or {}
 
     rows, metrics, probes = [], [], []
-    for manifest in sorted(search.rglob("manifest.json")):
-        run_dir = manifest.parent
-        row = _run_row(run_dir, root, notes)
+    for run in RunDir.find(search):
+        row = _run_row(run, root, notes)
         if row is None:
             continue
-        m, p = _read_run_tables(run_dir, row, notes)
+        m, p = _read_run_tables(run, row, notes)
         rows.append(row)
         metrics += m
         probes += p

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hopelab.run.lock import held_by_other
+from hopelab.run.spec import parse_run_id
 from hopelab.run.state import STATUS_PENDING, STATUS_RUNNING, RunState
 from hopelab.records import read_json, write_json_atomic
 
@@ -36,6 +37,11 @@ class RunDir:
         self.metrics = self.path / "metrics.parquet"
         self.error_log = self.path / self.ERROR_LOG
 
+    @classmethod
+    def find(cls, root: str | Path) -> list[RunDir]:
+        """Every run folder at or below `root` (a folder holding a manifest.json), in path order."""
+        return [cls(manifest.parent) for manifest in sorted(Path(root).rglob("manifest.json"))]
+
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
@@ -43,6 +49,15 @@ class RunDir:
     def run_id(self) -> str:
         """`<study>/<scale>/<run_name>/seed<k>`, the last four parts of the path."""
         return "/".join(self.path.parts[-4:])
+
+    def layout_identity(self) -> dict[str, Any]:
+        """study, scale, run_name, seed, variant and tag as the folder's place in the layout says; {} when the
+        folder is not at `<study>/<scale>/<run_name>/seed<k>`."""
+        return (parse_run_id(self.run_id) or {}) if len(self.path.parts) >= 4 else {}
+
+    def probe_files(self) -> list[Path]:
+        """The probe Parquet files (`.<name>.tmp` files belong to an atomic write in progress)."""
+        return [p for p in sorted(self.probes.glob("*.parquet")) if not p.name.startswith(".")]
 
     @property
     def lock(self) -> Path:

@@ -3,6 +3,7 @@ study` and the benchmark. What lies inside the run's folder is `hopelab.run.rund
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ class RunSpec:
     precision: str | None = None
     strategy: str = "auto"
     probes: bool = True
-    compile: bool = False  # hopelab.models.compile_chunks: how the run executes, not what it computes
-    recompute: bool = False  # hopelab.models.recompute_chunks: likewise
+    compile: bool = False  # how the run executes, not what it computes (hopelab.models.Execution)
+    recompute: bool = False  # likewise
 
     @property
     def run_name(self) -> str:
@@ -45,6 +46,19 @@ class RunSpec:
     def run_dir(self) -> Path:
         """The run's folder: `<out>/<run_id>` (open it with `RunDir(spec.run_dir)`)."""
         return Path(self.out) / self.run_id
+
+
+_RUN_ID = re.compile(r"^(?P<study>[^/]+)/(?P<scale>[^/]+)/(?P<run_name>[^/]+)/seed(?P<seed>\d+)$")
+
+
+def parse_run_id(run_id: str) -> dict[str, Any] | None:
+    """`<study>/<scale>/<run_name>/seed<k>` -> {study, scale, run_name, seed, variant, tag}; None if it is not
+    one. A run name is the variant, or `variant-tag` (variant names have no hyphen)."""
+    m = _RUN_ID.match(run_id)
+    if m is None:
+        return None
+    variant, _, tag = m.group("run_name").partition("-")
+    return {**m.groupdict(), "seed": int(m.group("seed")), "variant": variant, "tag": tag}
 
 
 def resolve_configs(spec: RunSpec) -> tuple[ModelConfig, TrainConfig]:
