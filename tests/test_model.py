@@ -26,9 +26,9 @@ V = 50
 CFG = ModelConfig(vocab_size=V, dim=16, n_layers=1, n_heads=2, context_len=32, chunk_size=4, cms_periods=(4, 8))
 
 
-def make(variant, execution=Execution(), **overrides):
+def make(variant, **overrides):
     torch.manual_seed(0)
-    return build_model(variant, dataclasses.replace(CFG, **overrides), execution).to(DT)
+    return build_model(variant, dataclasses.replace(CFG, **overrides)).to(DT)
 
 
 def same_model(model, execution):
@@ -225,9 +225,8 @@ def test_gated_cms_and_hooks_are_removed():
         assert len(attached) == 2
         model(tokens())
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(KeyError):
-        with attach_hooks(model, {"blocks.0.no_such_hook": lambda n, t: None}):
-            pass
+    with pytest.raises(KeyError), attach_hooks(model, {"blocks.0.no_such_hook": lambda n, t: None}):
+        pass
 
 
 @pytest.mark.parametrize("config", ["tiny", "scaled", CFG])

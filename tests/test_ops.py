@@ -1,8 +1,8 @@
 """The fast paths in hopelab.ops agree with their token-by-token references, in outputs and gradients."""
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
 from hopelab.ops.cms import cms_level, cms_level_reference
 from hopelab.ops.dgd import (

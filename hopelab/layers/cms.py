@@ -14,6 +14,7 @@ materialised between steps and each step in dual form (hopelab.ops.cms.cms_level
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import ModelConfig
-from hopelab.layers.fast_memory import Execution, FastMemory, Record, init_projection
+from hopelab.layers.fast_memory import DEFAULT_EXECUTION, Execution, FastMemory, Record, init_projection
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.cms import cms_level, cms_level_reference, step_length
 
@@ -38,7 +39,7 @@ class CMSLevelState:
 
 class CMSLevel(FastMemory):
     def __init__(self, dim: int, hidden: int, period: int, lr_init: float, n_layers: int, first_order: bool = False,
-                 execution: Execution = Execution()) -> None:
+                 execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__(execution)
         self.period = period
         self.first_order = first_order
@@ -81,12 +82,17 @@ class CMSLevel(FastMemory):
         -> (branch [B, S, D], the carry at the step's end)"""
         up, down = carry
         level = cms_level_reference if self.execution.impl == "reference" else cms_level
-        at = None if record is None else (lambda p, u, d: record(p, (u, d)))  # noqa: E731
-        return level(x, values, up, down, self.b_up, self.b_down, lr, self.period, self.first_order, at)
+        return level(x, values, up, down, self.b_up, self.b_down, lr, self.period, self.first_order,
+                     None if record is None else functools.partial(_record_pair, record))
+
+
+def _record_pair(record: Record, position: int, up: torch.Tensor, down: torch.Tensor) -> None:
+    """The ops' record(position, up, down) as the layer's record(position, carry)."""
+    record(position, (up, down))
 
 
 class ContinuumMemory(nn.Module):
-    def __init__(self, cfg: ModelConfig, execution: Execution = Execution()) -> None:
+    def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__()
         self.cfg = cfg
         hidden = cfg.cms_hidden_mult * cfg.dim

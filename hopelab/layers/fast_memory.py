@@ -20,8 +20,9 @@ import contextlib
 import contextvars
 import functools
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -50,6 +51,9 @@ class Execution:
             raise ValueError(f"impl must be 'chunked' or 'reference', got {self.impl!r}")
         if self.compile and self.impl == "reference":
             raise ValueError("compile applies to the chunked path; the reference runs eager")
+
+
+DEFAULT_EXECUTION = Execution()  # the chunked fast path, eager, keeping what backward needs
 
 
 class FastMemory(nn.Module):
@@ -151,7 +155,7 @@ class FastStateTrace:
 
 
 # id(layer) -> (the trace it reports to, its name in the traced model), for every trace_fast_states open
-_TRACED: contextvars.ContextVar[dict[int, tuple[FastStateTrace, str]]] = contextvars.ContextVar("traced", default={})
+_TRACED: contextvars.ContextVar[dict[int, tuple[FastStateTrace, str]] | None] = contextvars.ContextVar("traced", default=None)
 
 
 @contextlib.contextmanager
@@ -159,7 +163,7 @@ def trace_fast_states(model: nn.Module) -> Iterator[FastStateTrace]:
     """Inside: every forward of `model` appends FastStateRecords at chunk ends (Titans) and CMS period ends."""
     trace = FastStateTrace()
     layers = {id(m): (trace, name) for name, m in model.named_modules() if isinstance(m, FastMemory)}
-    token = _TRACED.set({**_TRACED.get(), **layers})
+    token = _TRACED.set({**(_TRACED.get() or {}), **layers})
     try:
         yield trace
     finally:
@@ -168,7 +172,7 @@ def trace_fast_states(model: nn.Module) -> Iterator[FastStateTrace]:
 
 def _recorder(layer: FastMemory, position: int) -> Callable[[int, int, Carry], None] | None:
     """record(chunk start, tokens into the chunk, carry) for a traced layer whose forward starts at `position`."""
-    traced = _TRACED.get().get(id(layer))
+    traced = (_TRACED.get() or {}).get(id(layer))
     if traced is None:
         return None
     trace, name = traced

@@ -44,7 +44,15 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.conv import CausalConv
-from hopelab.layers.fast_memory import Execution, FastMemory, Record, init_projection, logit, residual_std
+from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
+    Execution,
+    FastMemory,
+    Record,
+    init_projection,
+    logit,
+    residual_std,
+)
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.dgd import (
     dgd_linear_memory_chunk,
@@ -77,7 +85,7 @@ class SelfRefTitansState:
 
 
 class SelfReferentialTitans(FastMemory):
-    def __init__(self, cfg: ModelConfig, execution: Execution = Execution()) -> None:
+    def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__(execution)
         D, H, d = cfg.dim, cfg.n_heads, cfg.head_dim
         self.cfg = cfg
@@ -169,7 +177,7 @@ class SelfReferentialTitans(FastMemory):
                 out[comp] = {"W1": W1[:, :, m], "W2": W2.view(B, H, M, Mh // M, d)[:, :, m]}
             else:
                 (W,) = weights
-                B, H, Md, d = W.shape
+                B, H, _, d = W.shape
                 out[comp] = {"W": W.view(B, H, M, d, d)[:, :, m]}
         return out
 
@@ -220,7 +228,10 @@ class SelfReferentialTitans(FastMemory):
         H, d, C = self.n_heads, self.head_dim, cfg.chunk_size
         state = state if state is not None else self.initial_state(B)
         xc, conv_tail = self.conv(x, state.conv)  # [B, T, D]
-        heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, d]
+            return t.view(B, T, H, d).transpose(1, 2)
+
         # contiguous: the conv's output is a transposed view, and a compiled chunk step given chunks of it
         # returned wrong input gradients (torch 2.13, CPU; caught by tests/test_compile.py)
         xh = heads(xc.contiguous())  # [B, H, T, d]

@@ -22,7 +22,15 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.conv import CausalConv
-from hopelab.layers.fast_memory import Execution, FastMemory, Record, init_projection, logit, residual_std
+from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
+    Execution,
+    FastMemory,
+    Record,
+    init_projection,
+    logit,
+    residual_std,
+)
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.memory import act, mlp_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
@@ -41,7 +49,7 @@ class TitansState:
 class TitansMemory(FastMemory):
     components = ("memory",)
 
-    def __init__(self, cfg: ModelConfig, execution: Execution = Execution()) -> None:
+    def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__(execution)
         D, H, d = cfg.dim, cfg.n_heads, cfg.head_dim
         hid = d * cfg.memory_hidden_mult
@@ -100,7 +108,10 @@ class TitansMemory(FastMemory):
         H, d, C = self.n_heads, self.head_dim, cfg.chunk_size
         state = state if state is not None else self.initial_state(B)
         xc, conv_tail = self.conv(x, state.conv)
-        heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, d]
+            return t.view(B, T, H, d).transpose(1, 2)
+
         k_all = F.normalize(heads(self.W_k(xc)), dim=-1)  # [B, H, T, d]
         v_all = F.normalize(heads(self.W_v(xc)), dim=-1)
         q_all = F.normalize(heads(self.W_q(xc)), dim=-1)

@@ -13,7 +13,13 @@ from torch import nn
 
 from hopelab.config import ModelConfig, get_scale
 from hopelab.errors import UserError
-from hopelab.layers.fast_memory import Execution, FastStateRecord, fast_memory_layers, trace_fast_states
+from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
+    Execution,
+    FastStateRecord,
+    fast_memory_layers,
+    trace_fast_states,
+)
 
 # variant -> (description, how it changes the HOPE config)
 _HOPE_VARIANTS: dict[str, tuple[str, dict]] = {
@@ -58,7 +64,7 @@ def check_variant(variant: str) -> None:
         raise UserError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
 
 
-def build_model(variant: str, config: str | ModelConfig, execution: Execution = Execution()) -> nn.Module:
+def build_model(variant: str, config: str | ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> nn.Module:
     """A fresh model of `variant` at a scale name or ModelConfig (the variant's switches applied). `execution`
     says how its fast-memory layers run (implementation, compile, recompute); the Transformers have none."""
     from hopelab.models.hope import HopeLM
@@ -121,8 +127,14 @@ def matched_transformer_config(cfg: ModelConfig, tolerance: float = 0.05) -> Mod
 
 
 __all__ = [
+    "HOPE_VARIANTS",
+    "VARIANTS",
     "Execution",
     "FastStateRecord",
+    "build_model",
+    "check_variant",
+    "count_parameters",
     "fast_memory_layers",
     "trace_fast_states",
-    "HOPE_VARIANTS", "VARIANTS", "build_model", "variant_config", "count_parameters", "check_variant"]
+    "variant_config",
+]

@@ -9,7 +9,7 @@ Ablations flip one switch of the config (hopelab.models.VARIANTS): use_cms, self
 from __future__ import annotations
 
 from hopelab.config import ModelConfig
-from hopelab.layers.fast_memory import Execution
+from hopelab.layers.fast_memory import DEFAULT_EXECUTION, Execution
 from hopelab.layers.self_ref_titans import SelfReferentialTitans
 from hopelab.models.memory_lm import MemoryLM
 
@@ -17,5 +17,5 @@ from hopelab.models.memory_lm import MemoryLM
 class HopeLM(MemoryLM):
     variant = "hope"
 
-    def __init__(self, cfg: ModelConfig, execution: Execution = Execution()) -> None:
+    def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__(cfg, SelfReferentialTitans, cfg.use_cms, execution)

@@ -10,8 +10,9 @@ segment with carried state equals one parallel pass when every segment but the l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from hopelab.config import ModelConfig
 from hopelab.layers.cms import CMSLevelState, ContinuumMemory
 from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
     PROJECTION_STD,
     Execution,
     FastMemory,
@@ -80,7 +82,7 @@ class MemoryLM(nn.Module):
     final norm, tied output layer."""
 
     def __init__(self, cfg: ModelConfig, make_mixer: Callable[[ModelConfig, Execution], FastMemory], use_cms: bool,
-                 execution: Execution = Execution()) -> None:
+                 execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__()
         self.config = cfg
         self.execution = execution

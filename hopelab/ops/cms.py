@@ -104,7 +104,7 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     return torch.cat(outs, dim=1), new_state
 
 
-STEP_TOKENS = 32  # the stepped path's step: the fewest whole blocks that cover this many tokens
+STEP_TOKENS = 32  # a level's step: the fewest whole blocks that cover this many tokens
 
 
 def step_length(period: int) -> int:

@@ -72,7 +72,7 @@ class ChunkDecay:
     gamma: torch.Tensor  # [..., C]           γ_t = Π_{r≤t} α_r
     gamma_prev: torch.Tensor  # [..., C]      γ_{t-1}
 
-    def unsqueeze(self, dim: int) -> "ChunkDecay":
+    def unsqueeze(self, dim: int) -> ChunkDecay:
         """Insert a broadcast batch dim (e.g. over memories) at `dim` (a leading dim, counted from 0)."""
         return ChunkDecay(*(getattr(self, f.name).unsqueeze(dim) for f in fields(self)))
 
