@@ -92,6 +92,7 @@ class TitansMemory(FastMemory):
         return {"memory": {"W1": self.init_W1, "W2": self.init_W2}}
 
     def initial_state(self, batch: int) -> TitansState:
+        # expanded, not copied (a compiled step traces this first chunk's layout as a second graph)
         W1 = self.init_W1.expand(batch, *self.init_W1.shape)  # [B, H, d, h]
         W2 = self.init_W2.expand(batch, *self.init_W2.shape)  # [B, H, h, d]
         momentum = (torch.zeros_like(W1), torch.zeros_like(W2))  # the momentum starts at rest
