@@ -1,5 +1,5 @@
-"""The compiled steps (hopelab.models.compile_chunks: the SR-Titans chunk step, and the CMS step, the dual
-form over a few whole blocks) compute what the eager path does, in the outputs and in every gradient:
+"""The compiled steps (Execution(compile=True): the SR-Titans chunk step, and the CMS step, the dual form over a
+few whole blocks) compute what the eager path does, in the outputs and in every gradient:
 torch.compile's AOTAutograd derives its own backward, so it must be checked the way the chunked path is
 checked against the reference."""
 
@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from hopelab.config import ModelConfig
-from hopelab.models import build_model, compile_chunks
+from hopelab.models import Execution, build_model, fast_memory_layers
 from hopelab.ops import dgd
 from hopelab.ops.cms import step_length
 
@@ -29,9 +29,9 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
     cfg = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, chunk_size=4, cms_periods=(16,), context_len=64)
     torch.manual_seed(0)
     eager = build_model("hope", cfg)
-    compiled = build_model("hope", cfg)
+    compiled = build_model("hope", cfg, execution=Execution(compile=True))
     compiled.load_state_dict(eager.state_dict())
-    assert compile_chunks(compiled) == 2  # the SR-Titans layer and the CMS level
+    assert len(fast_memory_layers(compiled)) == 2  # the SR-Titans layer and the CMS level
     # SR-Titans: 13 full chunks (compiled), a short last one (eager). CMS: one full step of 2 blocks (compiled)
     # from the initial state, then a tail of one complete block and a partial one (eager)
     tokens = torch.randint(0, 64, (3, 54), generator=torch.Generator().manual_seed(1))

@@ -8,17 +8,18 @@ import torch.nn.functional as F
 
 from hopelab.config import ModelConfig
 from hopelab.errors import UserError
+from hopelab.layers.cms import CMSLevel, CMSLevelState
 from hopelab.layers.hooks import attach_hooks, hook_names, record_hooks
 from hopelab.models import (
     VARIANTS,
+    Execution,
     build_model,
     count_parameters,
-    initial_states,
-    recompute_chunks,
-    set_impl,
+    fast_memory_layers,
     trace_fast_states,
     variant_config,
 )
+from hopelab.ops.cms import cms_level_reference
 
 DT = torch.float64
 V = 50
@@ -28,6 +29,13 @@ CFG = ModelConfig(vocab_size=V, dim=16, n_layers=1, n_heads=2, context_len=32, c
 def make(variant, **overrides):
     torch.manual_seed(0)
     return build_model(variant, dataclasses.replace(CFG, **overrides)).to(DT)
+
+
+def same_model(model, execution):
+    """`model` again, built to run with `execution`."""
+    other = build_model(model.variant, model.config, execution).to(DT)
+    other.load_state_dict(model.state_dict())
+    return other
 
 
 def tokens(B=2, T=32, seed=1):
@@ -55,9 +63,9 @@ def test_chunked_fast_path_equals_reference(variant, memory, chunk_size):
     model = make(variant, memory=memory, chunk_size=chunk_size, n_layers=1)
     fast = model(x)
     g_fast = param_grads(model, next_token_loss(fast, x))
-    set_impl(model, "reference")
-    ref = model(x)
-    g_ref = param_grads(model, next_token_loss(ref, x))
+    reference = same_model(model, Execution(impl="reference"))
+    ref = reference(x)
+    g_ref = param_grads(reference, next_token_loss(ref, x))
     assert torch.allclose(fast, ref, atol=1e-10, rtol=0)
     for name in g_fast:
         assert g_fast[name] is not None and g_ref[name] is not None, name
@@ -143,9 +151,9 @@ def test_late_loss_reaches_initial_states_and_rate_producers(inner_grad):
     grads = param_grads(model, next_token_loss(model(x), x, start=24))
     for i in range(2):
         for suffix in ("init_W1", "init_W2", "eta_readout", "eta_bias", "alpha_readout", "alpha_bias"):
-            g = grads[f"blocks.{i}.titans.{suffix}"]
+            g = grads[f"blocks.{i}.mixer.{suffix}"]
             assert g is not None and torch.any(g != 0), suffix
-        per_memory = grads[f"blocks.{i}.titans.init_W2"].flatten(1).abs().sum(1)  # [6 memories] k v q η α mem
+        per_memory = grads[f"blocks.{i}.mixer.init_W2"].flatten(1).abs().sum(1)  # [6 memories] k v q η α mem
         if inner_grad == "full":
             assert torch.all(per_memory > 0), per_memory
         else:  # first order: M_v only makes targets, which first-order treats as data; it cannot learn
@@ -187,9 +195,9 @@ def test_cms_levels_update_at_token_periods():
         by_key.setdefault(r.key, []).append(r.position)
     assert by_key["blocks.0.cms.levels.0"] == [4, 8, 12, 16, 20, 24, 28, 32]
     assert by_key["blocks.0.cms.levels.1"] == [8, 16, 24, 32]
-    assert by_key["blocks.0.titans.memory"] == [4, 8, 12, 16, 20, 24, 28, 32]
-    states = initial_states(model)
-    assert set(states) == {f"blocks.0.titans.{c}" for c in ("k", "v", "q", "eta", "alpha", "memory")} | {
+    assert by_key["blocks.0.mixer.memory"] == [4, 8, 12, 16, 20, 24, 28, 32]
+    states = model.initial_states()
+    assert set(states) == {f"blocks.0.mixer.{c}" for c in ("k", "v", "q", "eta", "alpha", "memory")} | {
         "blocks.0.cms.levels.0",
         "blocks.0.cms.levels.1",
     }
@@ -213,13 +221,12 @@ def test_gated_cms_and_hooks_are_removed():
     model = make("hope", cms_combine="gated", n_layers=2)
     names = hook_names(model)
     assert "blocks.1.cms.levels.1.hook_out" in names
-    with attach_hooks(model, {"blocks.*.titans.hook_out": lambda n, t: None}) as attached:
+    with attach_hooks(model, {"blocks.*.mixer.hook_out": lambda n, t: None}) as attached:
         assert len(attached) == 2
         model(tokens())
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(KeyError):
-        with attach_hooks(model, {"blocks.0.no_such_hook": lambda n, t: None}):
-            pass
+    with pytest.raises(KeyError), attach_hooks(model, {"blocks.0.no_such_hook": lambda n, t: None}):
+        pass
 
 
 @pytest.mark.parametrize("config", ["tiny", "scaled", CFG])
@@ -238,16 +245,16 @@ def test_unknown_variant_is_a_user_error():
 
 @pytest.mark.parametrize("variant", ["hope", "hope_no_selfmod"])
 def test_recompute_changes_no_number_and_keeps_far_less_for_backward(variant):
-    """recompute_chunks: each SR-Titans chunk step and each CMS step keeps only its inputs for backward and
-    runs again there. The loss and every gradient are bit-identical; what is saved for backward drops to a
-    quarter or less (measured 0.05x for hope, 0.16x for hope_no_selfmod; with only one of the two layers
-    recomputed, 0.32-0.74x). T = 70 runs full chunks, two full CMS steps (32 tokens) and a tail of each."""
+    """Execution(recompute=True): each SR-Titans chunk step and each CMS step keeps only its inputs for backward
+    and runs again there. The loss and every gradient are bit-identical; what is saved for backward drops to a
+    quarter or less, which neither layer's recomputation achieves alone. T = 70 runs full chunks, two full CMS
+    steps (32 tokens) and a tail of each."""
     from hopelab.bench import count_saved_activations
 
-    model, x = make(variant, context_len=72), tokens(T=70)
+    eager, x = make(variant, context_len=72), tokens(T=70)
     saved, losses, grads = [], [], []
-    for recompute in (False, True):
-        assert recompute_chunks(model, enabled=recompute) == 3  # one SR-Titans layer, two CMS levels
+    for model in (eager, same_model(eager, Execution(recompute=True))):
+        assert len(fast_memory_layers(model)) == 3  # one SR-Titans layer, two CMS levels
         with count_saved_activations() as box:
             loss = next_token_loss(model(x), x)
         saved.append(box["bytes"])
@@ -257,3 +264,56 @@ def test_recompute_changes_no_number_and_keeps_far_less_for_backward(variant):
     for name, g in grads[0].items():
         assert g is not None and torch.equal(g, grads[1][name]), name
     assert saved[1] < 0.25 * saved[0], saved
+
+
+# the parameters a seed drew before each module initialised itself (Σ|p|, Σp²): a seed still draws them
+INIT_CHECKSUMS = {
+    "hope": (936.4397359645291, 527.0841655870989),
+    "hope_no_cms": (866.0631561465034, 452.09475918453813),
+    "hope_no_selfmod": (347.1669371355856, 302.8694721424928),
+    "hope_no_surprise": (936.4397359645291, 527.0841655870989),
+    "titans": (285.9350977594463, 238.076881877489),
+    "transformer": (111.89321774412838, 49.48831694409462),
+    "transformer_matched": (202.66493477262213, 75.04720824318503),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_seed_draws_the_same_initial_model(variant):
+    torch.manual_seed(0)
+    params = [p.detach().double() for p in build_model(variant, CFG).parameters()]
+    checksum = (sum(p.abs().sum() for p in params).item(), sum((p * p).sum() for p in params).item())
+    assert checksum == pytest.approx(INIT_CHECKSUMS[variant], rel=1e-12, abs=0)
+
+
+def test_execution_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="impl"):
+        Execution(impl="fast")
+    with pytest.raises(ValueError, match="chunked"):
+        Execution(impl="reference", compile=True)
+
+
+@pytest.mark.parametrize("period,T", [(1, 37), (4, 10), (4, 70), (8, 5), (40, 85)])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cms_level_steps_equal_the_reference(period, T, first_order):
+    """The layer runs a level in steps of a few whole blocks (dual form within a step, the weights materialised
+    between steps); that equals Eq 71 token by token over the whole sequence, from a per-sample state: full
+    steps, then a tail with complete blocks and a partial one, and when no block completes."""
+    torch.manual_seed(4)
+    B, D, h = 2, 5, 8
+    level = CMSLevel(D, h, period, 0.05, n_layers=1, first_order=first_order).to(DT)
+    x = torch.randn(B, T, D, dtype=DT, requires_grad=True)
+    up = (0.5 * torch.randn(B, h, D, dtype=DT)).requires_grad_()
+    down = (0.5 * torch.randn(B, D, h, dtype=DT)).requires_grad_()
+    branch, end = level(x, CMSLevelState(up, down, pos=0))
+    lr = F.softplus(level.lr_raw)
+    ref = cms_level_reference(x, level.W_value(x), up, down, level.b_up, level.b_down, lr, period, first_order)
+    inputs = [x, up, down, level.b_up, level.b_down, level.W_value.weight, level.lr_raw]
+    outs, grads = [(branch, end.up, end.down), (ref[0], *ref[1])], []
+    for out in outs:
+        gen = torch.Generator().manual_seed(0)
+        total = sum((t * torch.randn(t.shape, dtype=DT, generator=gen)).sum() for t in out)
+        grads.append(torch.autograd.grad(total, inputs, allow_unused=True))
+    for a, b in zip(outs[0] + grads[0], outs[1] + grads[1]):
+        assert (a is None) == (b is None)  # no complete block: nothing reaches the learning rate
+        assert a is None or torch.allclose(a, b, atol=1e-11, rtol=1e-9), (a - b).abs().max()

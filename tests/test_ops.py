@@ -1,11 +1,21 @@
 """The fast paths in hopelab.ops agree with their token-by-token references, in outputs and gradients."""
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
-from hopelab.ops.cms import cms_level, cms_level_reference, cms_level_stepped
-from hopelab.ops.dgd import dgd_chunk, dgd_chunk_reference
+from hopelab.ops.cms import cms_level, cms_level_reference
+from hopelab.ops.dgd import (
+    chunk_decay,
+    dgd_chunk_factors,
+    dgd_chunk_reference,
+    dgd_end_state,
+    dgd_linear_memory_chunk,
+    dgd_linear_memory_chunk_reference,
+    dgd_mlp_memory_chunk,
+    dgd_mlp_memory_chunk_reference,
+    dgd_read,
+)
 from hopelab.ops.memory import mlp_memory_apply, mlp_memory_inner_grad, mlp_memory_inner_grad_autograd
 from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
 from hopelab.ops.surprise import surprise_gate
@@ -33,6 +43,14 @@ def _assert_same(fast, ref, inputs, tol=1e-11):
         assert torch.allclose(a, b, atol=tol, rtol=1e-9), (a - b).abs().max()
 
 
+def dgd_chunk(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
+    """Chunk-wise DGD from the pieces the memory updates are built of: (reads or None, chunk-end state)."""
+    decay = chunk_decay(log_alpha)
+    w = dgd_chunk_factors(S0, keys, grads, eta, decay, precondition)
+    reads = dgd_read(S0, w, keys, decay, queries) if queries is not None else None
+    return reads, dgd_end_state(S0, w, keys, decay)
+
+
 @pytest.mark.parametrize("precondition", [True, False])
 @pytest.mark.parametrize("C", [1, 5])
 def test_dgd_chunk_matches_reference(precondition, C):
@@ -47,6 +65,51 @@ def test_dgd_chunk_matches_reference(precondition, C):
     inputs = [S0, keys, grads, queries, eta, log_alpha]
     fast = dgd_chunk(S0, keys, grads, eta, log_alpha, queries, precondition)
     ref = dgd_chunk_reference(S0, keys, grads, eta, log_alpha, queries, precondition)
+    _assert_same(fast, ref, inputs)
+
+
+def _memory_chunk_inputs(C, mlp: bool):
+    """Random inputs of one chunk of M = 3 stacked memories, per sample and head, as SR-Titans passes them."""
+    torch.manual_seed(6)
+    B, H, M, d, h = 2, 2, 3, 4, 5
+
+    def leaf(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, dtype=DT)).requires_grad_()
+
+    keys = F.normalize(torch.randn(B, H, C, d, dtype=DT), dim=-1).requires_grad_()
+    queries = F.normalize(torch.randn(B, H, C, d, dtype=DT), dim=-1).requires_grad_()
+    eta = (0.9 * torch.rand(B, H, C, dtype=DT)).requires_grad_()
+    log_alpha = torch.log(0.5 + 0.5 * torch.rand(B, H, C, dtype=DT)).requires_grad_()
+    if mlp:  # W1, W2, keys, queries, hidden, error, delta, η, log α
+        return [leaf(B, H, M, d, h), leaf(B, H, M * h, d), keys, queries, leaf(B, H, M, C, h), leaf(B, H, M, C, d),
+                leaf(B, H, M, C, h), eta, log_alpha]
+    return [leaf(B, H, M * d, d), keys, queries, leaf(B, H, M, C, d), eta, log_alpha]  # W, keys, queries, error, η, log α
+
+
+@pytest.mark.parametrize("shortcuts", [False, True])
+@pytest.mark.parametrize("C", [1, 5])
+def test_dgd_mlp_memory_chunk_matches_reference(C, shortcuts):
+    """The MLP memories' update as the layer calls it (with its shortcuts: W2 k and the read memory's weights
+    as views of its own split, or without) equals Eq 88 token by token."""
+    inputs = _memory_chunk_inputs(C, mlp=True)
+    W1, W2, keys, h = inputs[0], inputs[1], inputs[2], inputs[0].shape[-1]
+    kwargs = {}
+    if shortcuts:
+        last_W2 = W2.split([W2.shape[-2] - h, h], dim=-2)[1]
+        kwargs = {"S0k": keys @ W2.transpose(-1, -2), "read_weights": (W1[..., -1, :, :], last_W2)}
+    fast = dgd_mlp_memory_chunk(*inputs, **kwargs)
+    ref = dgd_mlp_memory_chunk_reference(*inputs)
+    _assert_same(fast, ref, inputs)
+
+
+@pytest.mark.parametrize("shortcuts", [False, True])
+@pytest.mark.parametrize("C", [1, 5])
+def test_dgd_linear_memory_chunk_matches_reference(C, shortcuts):
+    inputs = _memory_chunk_inputs(C, mlp=False)
+    W, d = inputs[0], inputs[0].shape[-1]
+    kwargs = {"read_weight": W.split([W.shape[-2] - d, d], dim=-2)[1]} if shortcuts else {}
+    fast = dgd_linear_memory_chunk(*inputs, **kwargs)
+    ref = dgd_linear_memory_chunk_reference(*inputs)
     _assert_same(fast, ref, inputs)
 
 
@@ -95,17 +158,12 @@ def test_momentum_chunk_matches_reference(C):
     _assert_same(fast, ref, inputs)
 
 
-CMS_FAST_PATHS = {"dual": cms_level, "stepped": cms_level_stepped}
-
-
-# T > STEP_TOKENS: the stepped path takes full steps, then a tail with complete blocks and a partial one
 @pytest.mark.parametrize("period,T", [(1, 5), (4, 12), (4, 10), (8, 5), (4, 70), (1, 37), (40, 85)])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("shared_init", [False, True])
-@pytest.mark.parametrize("path", list(CMS_FAST_PATHS))
-def test_cms_level_matches_reference(period, T, first_order, shared_init, path):
-    """Both fast paths (dual form, stepped) equal Eq 71 token by token, with a per-sample state or one
-    shared initial state ([h, D], as the model passes its meta-learned θ_0), and when no block completes."""
+def test_cms_level_matches_reference(period, T, first_order, shared_init):
+    """The dual form equals Eq 71 token by token, with a per-sample state or one shared initial state ([h, D]),
+    and when no block completes. (The layer's steps of it: tests/test_model.py.)"""
     torch.manual_seed(4)
     B, D, h = 2, 5, 8
     lead = () if shared_init else (B,)
@@ -118,18 +176,15 @@ def test_cms_level_matches_reference(period, T, first_order, shared_init, path):
     b_down = torch.randn(D, dtype=DT, requires_grad=True)
     lr = torch.tensor(0.05, dtype=DT, requires_grad=True)
     inputs = [x, values, up, down, b_up, b_down, lr]
-    fb, (fu, fd) = CMS_FAST_PATHS[path](x, values, up, down, b_up, b_down, lr, period, first_order)
+    fb, (fu, fd) = cms_level(x, values, up, down, b_up, b_down, lr, period, first_order)
     rb, (ru, rd) = cms_level_reference(x, values, up, down, b_up, b_down, lr, period, first_order)
-    # no block completed from a shared state: the stepped path has already expanded it per sample
-    ru, rd = ru.expand_as(fu), rd.expand_as(fd)
     _assert_same([fb, fu, fd], [rb, ru, rd], inputs)
 
 
-@pytest.mark.parametrize("path", list(CMS_FAST_PATHS))
-def test_cms_level_is_causal_and_updates_only_at_period_ends(path):
-    level = CMS_FAST_PATHS[path]
+@pytest.mark.parametrize("level", [cms_level, cms_level_reference])
+def test_cms_level_is_causal_and_updates_only_at_period_ends(level):
     torch.manual_seed(5)
-    B, T, D, h, period = 1, 72, 4, 6, 4  # the stepped path: two full steps and a tail
+    B, T, D, h, period = 1, 72, 4, 6, 4
     x, values = torch.randn(B, T, D, dtype=DT), torch.randn(B, T, D, dtype=DT)
     up, down = torch.randn(B, h, D, dtype=DT), torch.randn(B, D, h, dtype=DT)
     zeros_h, zeros_d = torch.zeros(h, dtype=DT), torch.zeros(D, dtype=DT)

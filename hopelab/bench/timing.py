@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hopelab.config import get_scale
 from hopelab.lit.module import lm_loss
-from hopelab.models import build_model, compile_chunks, count_parameters, recompute_chunks, set_impl
+from hopelab.models import Execution, build_model, count_parameters
 
 COMPILED = "+compile"  # suffix of a variant timed with its SR-Titans chunk and CMS steps compiled (compile_chunks)
 RECOMPUTED = "+recompute"  # suffix of a variant timed with those steps recomputed in backward (recompute_chunks)
@@ -49,9 +49,9 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes,
     matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
     machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
-    variant runs. "hope+compile" is hope with `compile_chunks`: its first step (the compile) is timed apart;
+    variant runs. "hope+compile" is hope built with `Execution(compile=True)`: its first step (the compile) is timed apart;
     its FLOPs and saved activations are counted on the eager step, which runs the same code uncompiled.
-    "hope+recompute" is hope with `recompute_chunks`, counted as it runs (its FLOPs include the recomputation)."""
+    "hope+recompute" is hope built with `Execution(recompute=True)`, counted as it runs (its FLOPs include the recomputation)."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
@@ -60,20 +60,22 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     for v in variants:
         torch.manual_seed(0)
         compiled = v.endswith(COMPILED)
-        model = build_model(v.removesuffix(COMPILED).removesuffix(RECOMPUTED), scale).to(device)
-        recompute_chunks(model, enabled=v.endswith(RECOMPUTED))
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        name = v.removesuffix(COMPILED).removesuffix(RECOMPUTED)
+        model = build_model(name, scale, Execution(recompute=v.endswith(RECOMPUTED))).to(device)
         with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
             with count_saved_activations() as saved:
                 loss = _loss(model, x)
             loss.backward()
         counts = {"activation_bytes": saved["bytes"], "matmul_flops": flops.get_total_flops()}
+        if compiled:  # the same weights, its steps compiled
+            twin = build_model(name, scale, Execution(compile=True)).to(device)
+            twin.load_state_dict(model.state_dict())
+            model = twin
         t0 = time.perf_counter()
         if compiled:
-            opt.zero_grad(set_to_none=True)
-            compile_chunks(model)
             _loss(model, x).backward()  # traces and compiles
         first_step_s = time.perf_counter() - t0
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
         opt.step()
         opt.zero_grad(set_to_none=True)
         setups[v] = {"model": model, "opt": opt, "times": [], "n_params": count_parameters(model),
@@ -101,17 +103,15 @@ def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None, c
     cfg = get_scale(scale)
     torch.manual_seed(0)
     model = build_model("hope", scale).to(device)
-    models = {"chunked": model, "reference": model}
-    if compiled:
-        models["compiled"] = build_model("hope", scale).to(device)
-        models["compiled"].load_state_dict(model.state_dict())
-        compile_chunks(models["compiled"])
+    models = {"chunked": model}
+    twins = {"reference": Execution(impl="reference")} | ({"compiled": Execution(compile=True)} if compiled else {})
+    for impl, execution in twins.items():  # the same weights, run another way
+        models[impl] = build_model("hope", scale, execution).to(device)
+        models[impl].load_state_dict(model.state_dict())
     x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.context_len + 1)).to(device)
     out = {impl: [] for impl in models}
     for r in range(repeats + 1):
         for impl, m in models.items():
-            if impl != "compiled":
-                set_impl(m, impl)
             _sync(device)
             t0 = time.perf_counter()
             _loss(m, x).backward()
@@ -121,7 +121,6 @@ def chunked_vs_reference(scale: str, repeats: int, device: str, progress=None, c
             m.zero_grad(set_to_none=True)
             if progress:
                 progress()
-    set_impl(model, "chunked")
     return out
 
 

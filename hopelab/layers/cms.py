@@ -7,89 +7,115 @@ Each level's W_up, W_down are fast weights with meta-learned initial states (par
 by hopelab.ops.cms (Eq 71) from the local objective ½‖f(x_t) − W_v x_t‖²; W_v starts at the identity (the
 level is first asked to reproduce its input) and is learned by the outer loop. The level's in-context
 learning rate is learned too (softplus). `hook_out` of level ℓ is branch_ℓ: what the level adds.
+
+A level runs its sequence in steps of a few whole blocks (hopelab.ops.cms.step_length), the weights
+materialised between steps and each step in dual form (hopelab.ops.cms.cms_level).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import ModelConfig
+from hopelab.layers.fast_memory import DEFAULT_EXECUTION, Execution, FastMemory, Record, init_projection
 from hopelab.layers.hooks import HookPoint
-from hopelab.layers.recompute import call_step
-from hopelab.ops.cms import cms_level, cms_level_reference, cms_level_stepped
+from hopelab.ops.cms import cms_level, cms_level_reference, step_length
 
 
-class CMSLevel(nn.Module):
-    def __init__(self, dim: int, hidden: int, period: int, lr_init: float, n_layers: int) -> None:
-        super().__init__()
+@dataclass
+class CMSLevelState:
+    """Where a CMS level stands in a sequence; carried across calls when streaming."""
+
+    up: torch.Tensor  # [B, h, D]   W_up
+    down: torch.Tensor  # [B, D, h]   W_down
+    pos: int  # tokens consumed
+
+
+class CMSLevel(FastMemory):
+    def __init__(self, dim: int, hidden: int, period: int, lr_init: float, n_layers: int, first_order: bool = False,
+                 execution: Execution = DEFAULT_EXECUTION) -> None:
+        super().__init__(execution)
         self.period = period
+        self.first_order = first_order
+        self.chunk_tokens = step_length(period)
         self.init_up = nn.Parameter(torch.randn(hidden, dim) * 0.02)  # [h, D]  meta-learned θ_0
         self.init_down = nn.Parameter(torch.randn(dim, hidden) * 0.02 / math.sqrt(2 * n_layers))  # [D, h]
         self.b_up = nn.Parameter(torch.zeros(hidden))
         self.b_down = nn.Parameter(torch.zeros(dim))
         self.W_value = nn.Linear(dim, dim, bias=False)
-        self.W_value._keep_init = True
-        with torch.no_grad():
+        with torch.no_grad():  # the level is first asked to reproduce its input
             self.W_value.weight.copy_(torch.eye(dim))
         self.lr_raw = nn.Parameter(torch.tensor(math.log(math.expm1(lr_init))))  # softplus⁻¹(lr_init)
-        self.hook_out = HookPoint()
-        self.impl = "chunked"
-        self.compiled_step = None  # torch.compile(ops.cms.cms_level), set by hopelab.models.compile_chunks
-        self.recompute = False  # keep only each step's inputs for backward (hopelab.models.recompute_chunks)
-        self._trace = None
+        self.hook_out = HookPoint()  # [B, T, D]   branch_ℓ, what the level adds
 
-    def initial_states(self) -> dict[str, torch.Tensor]:
-        return {"W_up": self.init_up, "W_down": self.init_down}
+    def initial_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"": {"W_up": self.init_up, "W_down": self.init_down}}
 
-    def forward(self, x: torch.Tensor, state: tuple | None, pos0: int, first_order: bool):
-        B = x.shape[0]
-        # the initial state enters unexpanded ([h, D], [D, h]): the fast path broadcasts it over the batch
-        up, down = state if state is not None else (self.init_up, self.init_down)
+    def initial_state(self, batch: int) -> CMSLevelState:
+        # one contiguous copy per sample: every step sees the same layout (one compiled graph for all)
+        up = self.init_up.expand(batch, *self.init_up.shape).contiguous()  # [B, h, D]
+        down = self.init_down.expand(batch, *self.init_down.shape).contiguous()  # [B, D, h]
+        return CMSLevelState(up, down, pos=0)
+
+    def fast_states(self, carry) -> dict[str, dict[str, torch.Tensor]]:
+        up, down = carry
+        return {"": {"W_up": up, "W_down": down}}
+
+    def forward(self, x: torch.Tensor, state: CMSLevelState | None = None):
+        """x [B, T, D] -> (branch [B, T, D], the state after it)."""
+        state = state if state is not None else self.initial_state(x.shape[0])
         values = self.W_value(x)  # [B, T, D]
         lr = F.softplus(self.lr_raw)
-        if self.impl == "reference":
-            branch, new = cms_level_reference(x, values, up, down, self.b_up, self.b_down, lr, self.period, first_order)
-        else:
-            record = None
-            if self._trace is not None:
-                record = lambda p, u, d: self._trace(pos0 + p, {"W_up": u.detach(), "W_down": d.detach()})  # noqa: E731
-            # the compiled step serves training steps; inference runs eager (no graph compiled for it)
-            compiled = self.compiled_step is not None and torch.is_grad_enabled()
-            step = self.compiled_step if compiled else cms_level
-            if self.recompute:
-                step = functools.partial(call_step, step, True)
-            branch, new = cms_level_stepped(x, values, up, down, self.b_up, self.b_down, lr, self.period,
-                                            first_order, record, step=step)
-        up, down = new  # [B, h, D], [B, D, h]; the reference leaves them unexpanded if no block was complete
-        return self.hook_out(branch), (up.expand(B, *self.init_up.shape), down.expand(B, *self.init_down.shape))
+        S = self.chunk_tokens
+        chunks = [(xs.shape[1], (xs, vs, lr)) for xs, vs in zip(x.split(S, dim=1), values.split(S, dim=1))]
+        branches, (up, down) = self.run_chunks((state.up, state.down), chunks, state.pos)
+        return self.hook_out(torch.cat(branches, dim=1)), CMSLevelState(up, down, state.pos + x.shape[1])
+
+    def step(self, carry, x, values, lr, record: Record | None = None):
+        """A few whole blocks (Eq 71). carry: (W_up [B, h, D], W_down [B, D, h]); x, values [B, S, D].
+        -> (branch [B, S, D], the carry at the step's end)"""
+        up, down = carry
+        level = cms_level_reference if self.execution.impl == "reference" else cms_level
+        return level(x, values, up, down, self.b_up, self.b_down, lr, self.period, self.first_order,
+                     None if record is None else functools.partial(_record_pair, record))
+
+
+def _record_pair(record: Record, position: int, up: torch.Tensor, down: torch.Tensor) -> None:
+    """The ops' record(position, up, down) as the layer's record(position, carry)."""
+    record(position, (up, down))
 
 
 class ContinuumMemory(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__()
         self.cfg = cfg
         hidden = cfg.cms_hidden_mult * cfg.dim
+        first_order = cfg.inner_grad == "first_order"
         self.levels = nn.ModuleList(
-            CMSLevel(cfg.dim, hidden, p, cfg.cms_lr_init, cfg.n_layers) for p in cfg.cms_periods
+            CMSLevel(cfg.dim, hidden, p, cfg.cms_lr_init, cfg.n_layers, first_order, execution)
+            for p in cfg.cms_periods
         )
         self.gate = nn.Linear(cfg.dim, len(self.levels)) if cfg.cms_combine == "gated" else None
 
-    def forward(self, x: torch.Tensor, state: dict | None = None):
-        """x [B, T, D] -> (what the CMS adds to the residual stream [B, T, D], new state)."""
-        state = state or {}
-        pos0 = state.get("pos", 0)
-        level_states = state.get("levels", [None] * len(self.levels))
-        first_order = self.cfg.inner_grad == "first_order"
+    def reset_parameters(self) -> None:
+        """GPT-2's init of the level gate; the levels keep the init they were given where they were made."""
+        if self.gate is not None:
+            init_projection(self.gate)
+
+    def forward(self, x: torch.Tensor, state: tuple[CMSLevelState, ...] | None = None):
+        """x [B, T, D] -> (what the CMS adds to the residual stream [B, T, D], the levels' states after it)."""
+        level_states = state if state is not None else (None,) * len(self.levels)
         new_states = []
         if self.gate is None:  # chain (Eq 70)
             z = x
             for level, s in zip(self.levels, level_states):
-                branch, ns = level(z, s, pos0, first_order)
+                branch, ns = level(z, s)
                 z = z + branch
                 new_states.append(ns)
             delta = z - x
@@ -97,7 +123,7 @@ class ContinuumMemory(nn.Module):
             weights = torch.softmax(self.gate(x), dim=-1)  # [B, T, L]
             delta = 0.0
             for i, (level, s) in enumerate(zip(self.levels, level_states)):
-                branch, ns = level(x, s, pos0, first_order)
+                branch, ns = level(x, s)
                 delta = delta + weights[..., i : i + 1] * branch
                 new_states.append(ns)
-        return delta, {"levels": new_states, "pos": pos0 + x.shape[1]}
+        return delta, tuple(new_states)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -19,6 +19,11 @@ HookFn = Callable[[str, torch.Tensor], None]
 
 class HookPoint(nn.Module):
     """Identity. Its dotted name in the model is the probe point's name."""
+
+    @property
+    def has_hooks(self) -> bool:
+        """Whether a hook is attached: a layer may skip building a tensor only a hook would read."""
+        return bool(self._forward_hooks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -25,71 +25,72 @@ Choices written down:
   every update is per sample. Gradients reach the initial states through every in-sequence update.
 - chunk_grad="mean" (default): a chunk is one DGD step of size η on the mean of its C token losses, as in
   TTT's mini-batch GD: every token's write (gradient and preconditioner alike) uses η_t/C. "sum" is Eq 90
-  literally: C coherent gradient steps taken at one state, which diverges once C·η_t grows (measured at
-  C = 16, T = 512, untrained: NaN for η ≥ 0.5).
+  literally: C coherent gradient steps taken at one state, which diverges once C·η_t grows (at C = 16,
+  T = 512, untrained: NaN for η ≥ 0.5).
 - inner_grad="full" differentiates through the inner gradients (second-order terms). Since the inner
-  gradients are closed-form rather than autograd calls, that is cheap: a tiny hope fwd+bwd measured 1.18x
-  the first-order one (median of 5, 1 thread). "first_order" treats the inner-loss error signals
-  (e, δ, σ(W2 k)) as constants, as first-order MAML does; M_v, whose only role is to make targets, then
-  gets no gradient at all.
+  gradients are closed-form rather than autograd calls, that costs little more than first order.
+  "first_order" treats the inner-loss error signals (e, δ, σ(W2 k)) as constants, as first-order MAML does;
+  M_v, whose only role is to make targets, then gets no gradient at all.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import ModelConfig
+from hopelab.layers.conv import CausalConv
+from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
+    Execution,
+    FastMemory,
+    Record,
+    init_projection,
+    logit,
+    residual_std,
+)
 from hopelab.layers.hooks import HookPoint
-from hopelab.layers.recompute import call_step
-from hopelab.ops.dgd import chunk_decay, dgd_chunk_factors, dgd_chunk_reference, dgd_end_state, dgd_read
+from hopelab.ops.dgd import (
+    dgd_linear_memory_chunk,
+    dgd_linear_memory_chunk_reference,
+    dgd_mlp_memory_chunk,
+    dgd_mlp_memory_chunk_reference,
+)
 from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
 # the memories read x (k, v, η, α) come first, so one contiguous block of the stacked state serves them
 COMPONENTS = ("k", "v", "eta", "alpha", "q", "memory")
 X_READERS = 4  # k, v, η, α: the memories applied to x_t
+# what each chunk step observes, in the order it returns them (for the hook points)
+OBSERVED = ("k", "v", "q", "eta", "alpha", "surprise", "gate")
 
 
-class CausalConv(nn.Module):
-    """Depthwise causal conv over time; carries its last (window − 1) inputs for streaming."""
+@dataclass
+class SelfRefTitansState:
+    """Where a self-referential Titans layer stands in a sequence; carried across calls when streaming."""
 
-    def __init__(self, dim: int, window: int) -> None:
-        super().__init__()
-        self.window = window
-        self.conv = nn.Conv1d(dim, dim, kernel_size=window, groups=dim, bias=True)
-        with torch.no_grad():  # start near the identity: the newest token dominates
-            self.conv.weight.zero_()
-            self.conv.weight[:, 0, -1] = 1.0
-            self.conv.weight.add_(torch.randn_like(self.conv.weight) * 0.02)
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor, tail: torch.Tensor | None):
-        B, T, D = x.shape
-        if tail is None:
-            tail = x.new_zeros(B, self.window - 1, D)
-        xp = torch.cat([tail, x], dim=1)  # [B, w-1+T, D]
-        y = self.conv(xp.transpose(1, 2)).transpose(1, 2)  # [B, T, D]
-        return y, xp[:, -(self.window - 1) :] if self.window > 1 else tail
+    # the fast weights of all memories, stacked per sample and head so that the weights that multiply the
+    # (shared) key stack the M memories along their output rows and each DGD step is one batched product:
+    #   MLP:    (W1 [B, H, M, d, h],  W2 [B, H, M·h, d])   (the W2 rows of memory m: m·h … (m+1)·h − 1)
+    #   linear: (W [B, H, M·d, d],)
+    weights: tuple[torch.Tensor, ...]
+    surprise_stats: torch.Tensor  # [B, 3] running (count, sum, sum of squares) of surprise (hopelab.ops.surprise)
+    conv: torch.Tensor  # [B, w − 1, D] the conv's last inputs
+    pos: int  # tokens consumed
 
 
-def _hooked(hp: HookPoint) -> bool:
-    return bool(hp._forward_hooks)
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-class SelfReferentialTitans(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+class SelfReferentialTitans(FastMemory):
+    def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
+        super().__init__(execution)
         D, H, d = cfg.dim, cfg.n_heads, cfg.head_dim
         self.cfg = cfg
         self.n_heads, self.head_dim = H, d
+        self.chunk_tokens = cfg.chunk_size
         self.components = COMPONENTS if cfg.selfmod else ("memory",)
         M = len(self.components)
         self.conv = CausalConv(D, cfg.conv_window)
@@ -102,19 +103,18 @@ class SelfReferentialTitans(nn.Module):
         else:
             eye = torch.eye(d).expand(M, H, d, d)
             self.init_W = nn.Parameter(eye + torch.randn(M, H, d, d) / math.sqrt(d))  # [M, H, d, d]
-        eta_bias = _logit(cfg.eta_init / cfg.eta_max)
-        alpha_bias = _logit(min(cfg.alpha_init, 1 - 1e-4))
+        eta_bias = logit(cfg.eta_init / cfg.eta_max)
+        alpha_bias = logit(min(cfg.alpha_init, 1 - 1e-4))
         if cfg.selfmod:
             self.eta_readout = nn.Parameter(torch.randn(H, d) * 0.1)  # r_η
             self.eta_bias = nn.Parameter(torch.full((H,), eta_bias))
             self.alpha_readout = nn.Parameter(torch.randn(H, d) * 0.1)  # r_α
             self.alpha_bias = nn.Parameter(torch.full((H,), alpha_bias))
-        else:  # hope_no_selfmod: static projections
+        else:  # hope_no_selfmod: static projections; η and α start near their typical values
             self.W_k = nn.Linear(D, D, bias=False)
             self.W_v = nn.Linear(D, D, bias=False)
             self.W_eta = nn.Linear(D, H)
             self.W_alpha = nn.Linear(D, H)
-            self.W_eta._keep_init = self.W_alpha._keep_init = True
             with torch.no_grad():
                 self.W_eta.weight.mul_(0.1)
                 self.W_eta.bias.fill_(eta_bias)
@@ -122,12 +122,23 @@ class SelfReferentialTitans(nn.Module):
                 self.W_alpha.bias.fill_(alpha_bias)
         self.out_norm = nn.LayerNorm(D)
         self.W_o = nn.Linear(D, D, bias=False)
-        for name in ("k", "v", "q", "eta", "alpha", "surprise", "gate", "out"):
-            setattr(self, f"hook_{name}", HookPoint())
-        self.impl = "chunked"  # or "reference": token-by-token Eq 88 inside each chunk (tests)
-        self.compiled_chunk = None  # torch.compile(self._chunk), set by hopelab.models.compile_chunks
-        self.recompute = False  # keep only each chunk's inputs for backward (hopelab.models.recompute_chunks)
-        self._trace = None  # set by hopelab.models.trace_fast_states: fn(component, position, states)
+        # observed inside the chunk steps, emitted after the chunk loop (observation only)
+        self.hook_k = HookPoint()  # [B, T, D]   k_t
+        self.hook_v = HookPoint()  # [B, T, D]   v_t
+        self.hook_q = HookPoint()  # [B, T, D]   q_t
+        self.hook_eta = HookPoint()  # [B, T, H]   η_t, before the surprise gate
+        self.hook_alpha = HookPoint()  # [B, T, H]   α_t, before the surprise gate
+        self.hook_surprise = HookPoint()  # [B, T]   M_memory's inner loss at the chunk-start state
+        self.hook_gate = HookPoint()  # [B, T]   the surprise gate, 0 or 1
+        self.hook_out = HookPoint()  # [B, T, D]   the layer's output
+
+    def reset_parameters(self) -> None:
+        """GPT-2's init of the static projections (W_o writes into the residual stream). The memories' initial
+        states, the conv and the η, α producers keep the init they were given where they were made; the LM
+        calls this once every module exists, so a seed draws the same numbers."""
+        for lin in (self.W_q, *((self.W_k, self.W_v) if not self.cfg.selfmod else ())):
+            init_projection(lin)
+        init_projection(self.W_o, residual_std(self.cfg.n_layers))
 
     # ----------------------------------------------------------------------------------------------
     def initial_states(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -140,56 +151,67 @@ class SelfReferentialTitans(nn.Module):
                 out[comp] = {"W": self.init_W[m]}
         return out
 
-    # Internal fast-state layout, per sample and head, chosen so that the weights that multiply the (shared)
-    # key stack the M memories along their output rows and each DGD step is one batched product:
-    #   "W2": [B, H, M·h, d]   (MLP; the rows of memory m are m·h … (m+1)·h − 1)   or  "W": [B, H, M·d, d]
-    #   "W1": [B, H, M, d, h]  (MLP only; its keys σ(W2 k) differ per memory)
-    def _initial_fast_state(self, B: int) -> dict[str, torch.Tensor]:
+    def initial_state(self, batch: int) -> SelfRefTitansState:
+        # one contiguous copy per sample: every chunk step sees the same layout (one compiled graph for all)
         if self.cfg.memory == "mlp":
             M, H, h, d = self.init_W2.shape
             W2 = self.init_W2.permute(1, 0, 2, 3).reshape(H, M * h, d)  # [H, M·h, d]
             W1 = self.init_W1.permute(1, 0, 2, 3)  # [H, M, d, h]
-            return {"W1": W1.expand(B, *W1.shape), "W2": W2.expand(B, *W2.shape)}
-        M, H, d, _ = self.init_W.shape
-        W = self.init_W.permute(1, 0, 2, 3).reshape(H, M * d, d)  # [H, M·d, d]
-        return {"W": W.expand(B, *W.shape)}
+            weights = (W1, W2)
+        else:
+            M, H, d, _ = self.init_W.shape
+            weights = (self.init_W.permute(1, 0, 2, 3).reshape(H, M * d, d),)  # [H, M·d, d]
+        weights = tuple(W.expand(batch, *W.shape).contiguous() for W in weights)
+        stats = self.W_q.weight.new_zeros(batch, 3)
+        return SelfRefTitansState(weights, stats, self.conv.initial_tail(batch), pos=0)
 
-    def _per_memory(self, mem: dict, m: int) -> dict[str, torch.Tensor]:
-        """Memory m's fast state in the parameter layout ([B, H, d, h], [B, H, h, d] or [B, H, d, d])."""
+    def fast_states(self, carry) -> dict[str, dict[str, torch.Tensor]]:
+        """Each memory's fast weights in the parameter layout ([B, H, d, h], [B, H, h, d] or [B, H, d, d])."""
+        weights, _ = carry
         M = len(self.components)
-        if self.cfg.memory == "mlp":
-            B, H, Mh, d = mem["W2"].shape
-            return {"W1": mem["W1"][:, :, m], "W2": mem["W2"].view(B, H, M, Mh // M, d)[:, :, m]}
-        B, H, Md, d = mem["W"].shape
-        return {"W": mem["W"].view(B, H, M, d, d)[:, :, m]}
+        out = {}
+        for m, comp in enumerate(self.components):
+            if self.cfg.memory == "mlp":
+                W1, W2 = weights
+                B, H, Mh, d = W2.shape
+                out[comp] = {"W1": W1[:, :, m], "W2": W2.view(B, H, M, Mh // M, d)[:, :, m]}
+            else:
+                (W,) = weights
+                B, H, _, d = W.shape
+                out[comp] = {"W": W.view(B, H, M, d, d)[:, :, m]}
+        return out
 
-    def _groups(self, mem: dict) -> dict[str, dict[str, torch.Tensor]]:
-        """The fast state split into the groups of memories read together: "x" (k, v, η, α), "q", "memory".
+    def _groups(self, weights: tuple) -> dict[str, tuple]:
+        """The fast weights split into the groups of memories read together: "x" (k, v, η, α), "q", "memory".
         One split per chunk: its backward concatenates once, where a slice per use would zero-fill a
         full-size gradient each."""
         sizes = [X_READERS, 1, 1] if self.cfg.selfmod else [1]
         names = ["x", "q", "memory"] if self.cfg.selfmod else ["memory"]
         if self.cfg.memory == "linear":
-            d = mem["W"].shape[-1]
-            return {g: {"W": W} for g, W in zip(names, mem["W"].split([m * d for m in sizes], dim=2))}
-        h = mem["W1"].shape[-1]
-        W1s, W2s = mem["W1"].split(sizes, dim=2), mem["W2"].split([m * h for m in sizes], dim=2)
-        return {g: {"W1": W1, "W2": W2} for g, W1, W2 in zip(names, W1s, W2s)}
+            (W,) = weights
+            d = W.shape[-1]
+            return {g: (Wg,) for g, Wg in zip(names, W.split([m * d for m in sizes], dim=2))}
+        W1, W2 = weights
+        h = W1.shape[-1]
+        W1s, W2s = W1.split(sizes, dim=2), W2.split([m * h for m in sizes], dim=2)
+        return {g: (W1g, W2g) for g, W1g, W2g in zip(names, W1s, W2s)}
 
-    def _memories_on(self, mem: dict, z: torch.Tensor):
-        """Every memory of the (stacked) state `mem` on the same inputs z [B, H, n, d] ->
+    def _memories_on(self, weights: tuple, z: torch.Tensor):
+        """Every memory of the (stacked) `weights` on the same inputs z [B, H, n, d] ->
         (out [B, H, m, n, d], pre [B, H, m, n, h] | None, hidden [B, H, m, n, h] | None,
          pre_rows [B, H, n, m·h] | None: pre in the stacked-row layout, i.e. S_0 k for the W2 update)."""
         B, H, n, d = z.shape
         if self.cfg.memory == "linear":
-            count = mem["W"].shape[-2] // d
-            out = linear_memory_apply(mem["W"], z).view(B, H, n, count, d).transpose(2, 3)  # M(z) = W z
+            (W,) = weights
+            count = W.shape[-2] // d
+            out = linear_memory_apply(W, z).view(B, H, n, count, d).transpose(2, 3)  # M(z) = W z
             return out, None, None, None
-        count, h = mem["W1"].shape[2], mem["W1"].shape[-1]
-        pre_rows = linear_memory_apply(mem["W2"], z)  # [B, H, n, m·h]  W2 z
+        W1, W2 = weights
+        count, h = W1.shape[2], W1.shape[-1]
+        pre_rows = linear_memory_apply(W2, z)  # [B, H, n, m·h]  W2 z
         pre = pre_rows.view(B, H, n, count, h).transpose(2, 3).contiguous()  # [B, H, m, n, h]
         hidden = act(pre)
-        out = z.unsqueeze(2) + hidden @ mem["W1"].transpose(-1, -2)  # [B, H, m, n, d]  z + W1 σ(W2 z)
+        out = z.unsqueeze(2) + hidden @ W1.transpose(-1, -2)  # [B, H, m, n, d]  z + W1 σ(W2 z)
         return out, pre, hidden, pre_rows
 
     def _rates(self, eta_feat, alpha_feat):
@@ -199,69 +221,52 @@ class SelfReferentialTitans(nn.Module):
         return self.cfg.eta_max * torch.sigmoid(eta_logit), F.logsigmoid(alpha_logit)
 
     # ----------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, state: dict | None = None):
-        """x [B, T, D] -> (out [B, T, D], new state)."""
+    def forward(self, x: torch.Tensor, state: SelfRefTitansState | None = None):
+        """x [B, T, D] -> (out [B, T, D], the state after it)."""
         cfg = self.cfg
         B, T, D = x.shape
         H, d, C = self.n_heads, self.head_dim, cfg.chunk_size
-        state = state or {}
-        xc, conv_tail = self.conv(x, state.get("conv"))  # [B, T, D]
-        heads = lambda t: t.view(B, T, H, d).transpose(1, 2)  # noqa: E731  [B, T, D] -> [B, H, T, d]
+        state = state if state is not None else self.initial_state(B)
+        xc, conv_tail = self.conv(x, state.conv)  # [B, T, D]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, d]
+            return t.view(B, T, H, d).transpose(1, 2)
+
         # contiguous: the conv's output is a transposed view, and a compiled chunk step given chunks of it
         # returned wrong input gradients (torch 2.13, CPU; caught by tests/test_compile.py)
         xh = heads(xc.contiguous())  # [B, H, T, d]
         qh = heads(self.W_q(xc))  # [B, H, T, d]   q̃ = x W_q
-        if not cfg.selfmod:  # static projections, computed for the whole sequence at once
+        # per-chunk views by split, not slicing: backward concatenates once instead of zero-filling a
+        # full-size gradient per chunk
+        x_chunks, q_chunks = xh.split(C, dim=2), qh.split(C, dim=2)  # [B, H, n, d] each
+        if cfg.selfmod:
+            statics = [None] * len(x_chunks)
+        else:  # static projections, computed for the whole sequence at once
             k_all = F.normalize(heads(self.W_k(xc)), dim=-1)
             v_all = F.normalize(heads(self.W_v(xc)), dim=-1)
             q_all = F.normalize(qh, dim=-1)
             eta_all = cfg.eta_max * torch.sigmoid(self.W_eta(xc)).transpose(1, 2)  # [B, H, T]
             log_alpha_all = F.logsigmoid(self.W_alpha(xc)).transpose(1, 2)  # [B, H, T]
-        # every chunk step gets the same input layout (a compiled step is traced once, not per layout)
-        mem = state["mem"] if "mem" in state else {k: t.contiguous() for k, t in self._initial_fast_state(B).items()}
-        stats = state.get("surprise_stats")
-        if stats is None:
-            stats = xh.new_zeros(B, 3)  # running surprise statistics (hopelab.ops.surprise)
-        pos0 = state.get("pos", 0)
-        keep = {n: _hooked(getattr(self, f"hook_{n}")) for n in ("k", "v", "q", "eta", "alpha", "surprise", "gate")}
-        rec = {n: [] for n in keep}
-        outs = []
-        # per-chunk views by split, not slicing: backward concatenates once instead of zero-filling a
-        # full-size gradient per chunk
-        x_chunks, q_chunks = xh.split(C, dim=2), qh.split(C, dim=2)  # [B, H, n, d] each
-        if not cfg.selfmod:
-            static_chunks = list(zip(*(t.split(C, dim=2) for t in (k_all, v_all, q_all, eta_all, log_alpha_all))))
-        # the compiled step serves full chunks of a training step; a short last chunk and inference run eager
-        # (each would be one more compiled graph)
-        compiled = self.compiled_chunk is not None and self.impl == "chunked" and torch.is_grad_enabled()
-        for c, start in enumerate(range(0, T, C)):
-            n = x_chunks[c].shape[2]
-            end = start + n
-            static = None if cfg.selfmod else static_chunks[c]
-            chunk_step = self.compiled_chunk if compiled and n == C else self._chunk
-            o, mem, seen, stats = call_step(chunk_step, self.recompute, mem, x_chunks[c], q_chunks[c], static, stats)
-            outs.append(o)  # [B, H, n, d]
-            if self._trace is not None and n == C:
-                for m, comp in enumerate(self.components):
-                    self._trace(comp, pos0 + end, {k_: t.detach() for k_, t in self._per_memory(mem, m).items()})
-            for name, t in zip(("k", "v", "q", "eta", "alpha", "surprise", "gate"), seen):
-                if keep[name]:
-                    rec[name].append(t.exp() if name == "alpha" else t)
-        o = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, T, D)  # [B, T, D]
-        if any(keep.values()):
-            self._emit_hooks(rec, keep, B, T, D)
+            statics = list(zip(*(t.split(C, dim=2) for t in (k_all, v_all, q_all, eta_all, log_alpha_all))))
+        # the running surprise statistics take the dtype the surprise arrives in (bf16 under autocast)
+        stats = state.surprise_stats.to(xh.dtype)
+        chunks = [(xc_.shape[2], (xc_, qc_, st_)) for xc_, qc_, st_ in zip(x_chunks, q_chunks, statics)]
+        outs, (weights, stats) = self.run_chunks((state.weights, stats), chunks, state.pos)
+        o = torch.cat([o for o, _ in outs], dim=2).transpose(1, 2).reshape(B, T, D)  # [B, T, D]
+        self._emit_observed([seen for _, seen in outs], B, T, D)
         out = self.hook_out(self.W_o(self.out_norm(o)))
-        new_state = {"mem": mem, "conv": conv_tail, "surprise_stats": stats, "pos": pos0 + T}
-        return out, new_state
+        return out, SelfRefTitansState(weights, stats, conv_tail, state.pos + T)
 
-    def _chunk(self, mem, x_c, q_c, static, stats):
+    def step(self, carry, x_c, q_c, static, record: Record | None = None):
         """One chunk of C tokens (Eq 90): projections, self-generated values and inner gradients at the
-        chunk-start state `mem`, then the DGD writes (Eq 88) and M_memory's causal reads.
-        x_c, q_c [B, H, n, d]; static: (k, v, q, η, log α) of this chunk when not self-modifying, else None.
-        -> (o [B, H, n, d], chunk-end state, (k, v, q, η, log α, surprise, gate), surprise stats)"""
+        chunk-start state, then the DGD writes (Eq 88) and M_memory's causal reads.
+        carry: (the stacked fast weights, the surprise statistics); x_c, q_c [B, H, n, d]; static: (k, v, q, η,
+        log α) of this chunk when not self-modifying, else None.
+        -> ((o [B, H, n, d], what the chunk observed: OBSERVED), the carry at the chunk end)"""
         cfg = self.cfg
         C = cfg.chunk_size
-        groups = self._groups(mem)
+        weights, stats = carry
+        groups = self._groups(weights)
         if static is None:
             # projections with the chunk-start state: M_k, M_v, M_η, M_α on x, M_q on q̃
             proj, _, _, _ = self._memories_on(groups["x"], x_c)  # [B, H, 4, n, d]
@@ -271,11 +276,11 @@ class SelfReferentialTitans(nn.Module):
             q = F.normalize(self._memories_on(groups["q"], q_c)[0].squeeze(2), dim=-1)  # q_t = M_q(x_t W_q)
             eta, log_alpha = self._rates(eta_feat, alpha_feat)  # [B, H, n]
             # self-generated values v̂_□ = M_□(v) (Eq 83) and inner errors e_□ = M_□(k) − v̂_□
-            v_hat = self._memories_on(mem, v)[0]  # [B, H, M, n, d]
+            v_hat = self._memories_on(weights, v)[0]  # [B, H, M, n, d]
         else:
             k, v, q, eta, log_alpha = static
             v_hat = v.unsqueeze(2)  # v̂ = v
-        mk, pre_k, hidden_k, S0k = self._memories_on(mem, k)  # [B, H, M, n, d]; W2 k, σ(W2 k) [B, H, M, n, h]
+        mk, pre_k, hidden_k, S0k = self._memories_on(weights, k)  # [B, H, M, n, d]; W2 k, σ(W2 k) [B, H, M, n, h]
         error = mk - v_hat  # [B, H, M, n, d]
         surprise = surprise_from_error(error[:, :, -1].detach())  # [B, n]   M_memory's inner loss
         gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
@@ -287,61 +292,38 @@ class SelfReferentialTitans(nn.Module):
             error = error.detach()
             pre_k = pre_k.detach() if pre_k is not None else None
             hidden_k = hidden_k.detach() if hidden_k is not None else None
+        reference = self.execution.impl == "reference"
         if cfg.memory == "mlp":
-            delta = mlp_memory_inner_grad(mem["W1"], pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
-            read, mem = self._update_mlp(mem, groups["memory"], k, q, error, delta, hidden_k, S0k, eta_w, log_alpha_w)
-            o = q + read  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
+            W1, W2 = weights
+            delta = mlp_memory_inner_grad(W1, pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
+            args = (W1, W2, k, q, hidden_k, error, delta, eta_w, log_alpha_w)
+            if reference:
+                o, W1, W2 = dgd_mlp_memory_chunk_reference(*args)
+            else:  # the read memory's weights: views of this chunk's split
+                o, W1, W2 = dgd_mlp_memory_chunk(*args, S0k=S0k, read_weights=(groups["memory"][0].squeeze(2),
+                                                                              groups["memory"][1]))
+            weights = (W1, W2)  # o_t = M_memory,t(q_t) = q_t + W1_t σ(W2_t q_t)
         else:
-            read, mem = self._update_linear(mem, groups["memory"], k, q, error, eta_w, log_alpha_w)
-            o = read  # o_t = W_memory,t q_t
-        return o, mem, (k, v, q, eta, log_alpha, surprise, gate), stats
+            (W,) = weights
+            args = (W, k, q, error, eta_w, log_alpha_w)
+            if reference:
+                o, W = dgd_linear_memory_chunk_reference(*args)
+            else:
+                o, W = dgd_linear_memory_chunk(*args, read_weight=groups["memory"][0])
+            weights = (W,)  # o_t = W_memory,t q_t
+        carry = (weights, stats)
+        if record is not None and x_c.shape[2] == C:
+            record(C, carry)
+        return (o, (k, v, q, eta, log_alpha, surprise, gate)), carry
 
-    @staticmethod
-    def _stack_rows(t: torch.Tensor) -> torch.Tensor:
-        """[B, H, M, n, r] -> [B, H, n, M·r]: per-memory gradient factors as rows of the stacked weight."""
-        B, H, M, n, r = t.shape
-        return t.transpose(2, 3).reshape(B, H, n, M * r)
-
-    def _update_mlp(self, mem, reader, keys, query, error, delta, hidden_k, S0k, eta_w, log_alpha_w):
-        W1, W2 = mem["W1"], mem["W2"]  # [B, H, M, d, h], [B, H, M·h, d]
-        h = W1.shape[-1]
-        g2 = self._stack_rows(delta)  # [B, H, n, M·h]
-        if self.impl == "reference":
-            # W2 ← W2 (α I − η k kᵀ) − η δ kᵀ ; W1 ← α W1 − η e uᵀ, token by token (Eq 88)
-            reads2, W2_end = dgd_chunk_reference(W2, keys, g2, eta_w, log_alpha_w, query, precondition=True)
-            p = reads2[..., -h:].unsqueeze(2)  # [B, H, 1, n, h]   W2_t q_t of M_memory
-            reads1, W1_end = dgd_chunk_reference(
-                W1, hidden_k, error, eta_w.unsqueeze(2), log_alpha_w.unsqueeze(2), act(p), precondition=False
-            )
-            return reads1[:, :, -1], {"W1": W1_end, "W2": W2_end}
-        decay = chunk_decay(log_alpha_w)  # [B, H, ...], shared by both weights of all memories
-        w2 = dgd_chunk_factors(W2, keys, g2, eta_w, decay, precondition=True, S0k=S0k)  # [B, H, n, M·h]
-        w1 = dgd_chunk_factors(W1, hidden_k, error, eta_w.unsqueeze(2), decay.unsqueeze(2), precondition=False)
-        # reads only for M_memory (the last memory): p_t = W2_t q_t, then W1_t σ(p_t)
-        p = dgd_read(reader["W2"], w2[..., -h:], keys, decay, query)  # [B, H, n, h]
-        read = dgd_read(reader["W1"].squeeze(2), w1[:, :, -1], hidden_k[:, :, -1], decay, act(p))  # [B, H, n, d]
-        new = {"W1": dgd_end_state(W1, w1, hidden_k, decay.unsqueeze(2)), "W2": dgd_end_state(W2, w2, keys, decay)}
-        return read, new
-
-    def _update_linear(self, mem, reader, keys, query, error, eta_w, log_alpha_w):
-        W = mem["W"]  # [B, H, M·d, d]; ∇W L = e kᵀ (Eq 93)
-        d = W.shape[-1]
-        g = self._stack_rows(error)  # [B, H, n, M·d]
-        if self.impl == "reference":
-            reads, W_end = dgd_chunk_reference(W, keys, g, eta_w, log_alpha_w, query, precondition=True)
-            return reads[..., -d:], {"W": W_end}
-        decay = chunk_decay(log_alpha_w)
-        w = dgd_chunk_factors(W, keys, g, eta_w, decay, precondition=True)
-        read = dgd_read(reader["W"], w[..., -d:], keys, decay, query)  # [B, H, n, d]
-        return read, {"W": dgd_end_state(W, w, keys, decay)}
-
-    def _emit_hooks(self, rec, keep, B, T, D):
-        for name in ("k", "v", "q"):
-            if keep[name]:
-                getattr(self, f"hook_{name}")(torch.cat(rec[name], dim=2).transpose(1, 2).reshape(B, T, D))
-        for name in ("eta", "alpha"):
-            if keep[name]:
-                getattr(self, f"hook_{name}")(torch.cat(rec[name], dim=2).transpose(1, 2))  # [B, T, H]
-        for name in ("surprise", "gate"):
-            if keep[name]:
-                getattr(self, f"hook_{name}")(torch.cat(rec[name], dim=1))  # [B, T]
+    def _emit_observed(self, seen: list[tuple], B: int, T: int, D: int) -> None:
+        """Call the hook points of what the chunk steps observed (OBSERVED), for those with hooks attached."""
+        for i, name in enumerate(OBSERVED):
+            hook = getattr(self, f"hook_{name}")
+            if not hook.has_hooks:
+                continue
+            if name in ("surprise", "gate"):
+                hook(torch.cat([s[i] for s in seen], dim=1))  # [B, T]
+                continue
+            t = torch.cat([s[i].exp() if name == "alpha" else s[i] for s in seen], dim=2)  # [B, H, T(, d)]
+            hook(t.transpose(1, 2).reshape(B, T, D) if name in ("k", "v", "q") else t.transpose(1, 2))

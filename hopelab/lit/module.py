@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import ModelConfig, TrainConfig
-from hopelab.models import build_model
+from hopelab.models import DEFAULT_EXECUTION, Execution, build_model
 
 
 class NonFiniteError(RuntimeError):
@@ -81,7 +81,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class LitLM(pl.LightningModule):
-    """Wraps `build_model(variant, model_cfg)`; a batch is (step [], x [B, T], y [B, T])."""
+    """Wraps `build_model(variant, model_cfg, execution)`; a batch is (step [], x [B, T], y [B, T])."""
 
     def __init__(
         self,
@@ -89,12 +89,13 @@ class LitLM(pl.LightningModule):
         model_cfg: ModelConfig,
         train_cfg: TrainConfig,
         run_config: dict[str, Any] | None = None,
+        execution: Execution = DEFAULT_EXECUTION,
     ) -> None:
         super().__init__()
         self.variant = variant
         self.train_cfg = train_cfg
         self.run_config = run_config or {}
-        self.model = build_model(variant, model_cfg)
+        self.model = build_model(variant, model_cfg, execution)
         self.last_grad_norm: torch.Tensor | None = None  # total grad norm before clipping
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

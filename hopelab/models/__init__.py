@@ -2,15 +2,24 @@
 
     build_model("hope", "tiny")              # a scale name
     build_model("hope_no_cms", model_config) # or a ModelConfig
+    build_model("hope", "tiny", execution=Execution(compile=True, recompute=True))  # how its memories run
 """
 
 from __future__ import annotations
 
 import dataclasses
+
 from torch import nn
 
 from hopelab.config import ModelConfig, get_scale
 from hopelab.errors import UserError
+from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
+    Execution,
+    FastStateRecord,
+    fast_memory_layers,
+    trace_fast_states,
+)
 
 # variant -> (description, how it changes the HOPE config)
 _HOPE_VARIANTS: dict[str, tuple[str, dict]] = {
@@ -55,17 +64,18 @@ def check_variant(variant: str) -> None:
         raise UserError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
 
 
-def build_model(variant: str, config: str | ModelConfig) -> nn.Module:
-    """A fresh model of `variant` at a scale name or ModelConfig (the variant's switches applied)."""
+def build_model(variant: str, config: str | ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> nn.Module:
+    """A fresh model of `variant` at a scale name or ModelConfig (the variant's switches applied). `execution`
+    says how its fast-memory layers run (implementation, compile, recompute); the Transformers have none."""
     from hopelab.models.hope import HopeLM
     from hopelab.models.titans import TitansLM
     from hopelab.models.transformer import TransformerLM
 
     cfg = variant_config(variant, config)
     if variant in _HOPE_VARIANTS:
-        model = HopeLM(cfg)
+        model = HopeLM(cfg, execution)
     elif variant == "titans":
-        model = TitansLM(cfg)
+        model = TitansLM(cfg, execution)
     else:  # transformer, transformer_matched (its width already solved by variant_config)
         model = TransformerLM(cfg)
     model.variant = variant
@@ -116,20 +126,16 @@ def matched_transformer_config(cfg: ModelConfig, tolerance: float = 0.05) -> Mod
     return cand
 
 
-from hopelab.models.state import (  # noqa: E402
-    FastStateRecord,
-    compile_chunks,
-    initial_states,
-    recompute_chunks,
-    set_impl,
-    trace_fast_states,
-)
-
 __all__ = [
+    "DEFAULT_EXECUTION",
+    "HOPE_VARIANTS",
+    "VARIANTS",
+    "Execution",
     "FastStateRecord",
-    "compile_chunks",
-    "initial_states",
-    "recompute_chunks",
-    "set_impl",
+    "build_model",
+    "check_variant",
+    "count_parameters",
+    "fast_memory_layers",
     "trace_fast_states",
-    "HOPE_VARIANTS", "VARIANTS", "build_model", "variant_config", "count_parameters", "check_variant"]
+    "variant_config",
+]

@@ -75,13 +75,13 @@ class TransformerLM(nn.Module):
         self.lm_head.weight = self.wte.weight
         self.apply(_init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("down.weight"):
+            if name.endswith(("proj.weight", "down.weight")):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
 
     def forward(self, tokens: torch.Tensor, state=None, return_state: bool = False):
         if state is not None:
             raise ValueError("the Transformer baseline keeps no state across calls; pass the whole context")
-        B, T = tokens.shape
+        T = tokens.shape[1]
         if T > self.config.context_len:
             raise ValueError(f"sequence length {T} exceeds context_len {self.config.context_len}")
         pos = torch.arange(T, device=tokens.device)

@@ -11,15 +11,11 @@ causal: a token never sees a write made from itself or a later token. The initia
 (meta-learned across sequences); the outer loss differentiates through every update.
 We average the block's gradients (η/C instead of η) so that η means the same at every period.
 
-Fast path: `cms_level_stepped` runs the sequence in steps of a few whole blocks (`step_length`: at least
-STEP_TOKENS tokens) with the weights materialised between steps; within a step, `cms_level` computes the blocks in
-dual form without materialising them. The dual form alone, over the whole sequence, costs O(T²) inner products; in
-steps it costs O(T·S), and every step has the same shapes, so torch.compile serves all of them with one graph
-(hopelab.models.compile_chunks). Measured (1 thread, fwd + bwd, medians): the stepped path takes 0.79x (period 8)
-and 0.92x (period 32) the time of the whole-sequence dual form at `tiny`, 0.78x and 0.93x at `small`; compiled,
-0.72-0.80x the time of compiled block-by-block steps (period 8), the form it replaced. A hope training step counted
-(before the DGD solve became a matmul) 6.96 GFLOP at `tiny` (whole-sequence dual form: 7.71) and 1.02 TFLOP at
-`small` (1.21), with 28.4 GiB saved for backward at `small` (33.0).
+Fast path: `cms_level` computes the blocks of a stretch of tokens in dual form, without materialising the
+weights block by block. Over a whole sequence the dual form costs O(T²) inner products, so the layer
+(hopelab.layers.cms.CMSLevel) runs it in steps of a few whole blocks (`step_length`: at least STEP_TOKENS tokens)
+with the weights materialised between steps: O(T·S), and every step has the same shapes, so one compiled graph
+serves all of them.
 """
 
 from __future__ import annotations
@@ -50,7 +46,7 @@ def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
 
 
 def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None):
-    """Dual form over all of x (cms_level_stepped calls it once per step).
+    """Dual form over all of x (the layer calls it once per step of step_length(period) tokens).
     x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h].
 
     Returns (branch [B, T, D], (up, down) after the last complete block [B, h, D], [B, D, h]).
@@ -108,34 +104,12 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     return torch.cat(outs, dim=1), new_state
 
 
-STEP_TOKENS = 32  # the stepped path's step: the fewest whole blocks that cover this many tokens
+STEP_TOKENS = 32  # a level's step: the fewest whole blocks that cover this many tokens
 
 
 def step_length(period: int) -> int:
-    """Tokens per step of cms_level_stepped: whole blocks, at least STEP_TOKENS when the period is shorter."""
+    """Tokens per step of a CMS level: whole blocks, at least STEP_TOKENS when the period is shorter."""
     return period * max(1, STEP_TOKENS // period)
-
-
-def cms_level_stepped(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False,
-                      record=None, step=cms_level):
-    """cms_level run in steps of step_length(period) tokens, the weights materialised between steps; the same
-    inputs and outputs. Every full step is one call of `step` (cms_level, or a torch.compile'd copy of it: the
-    shapes are fixed, so one graph serves every step); a shorter tail, and every step while `record` is
-    given, runs cms_level itself. The initial state is expanded to one contiguous copy per sample, so every
-    step sees the same layout."""
-    B, T, _ = x.shape
-    S = step_length(period)
-    up = up.expand(B, *up.shape[-2:]).contiguous()  # [B, h, D]
-    down = down.expand(B, *down.shape[-2:]).contiguous()  # [B, D, h]
-    outs = []
-    for start, xs, vs in zip(range(0, T, S), x.split(S, dim=1), values.split(S, dim=1)):
-        if record is None and xs.shape[1] == S:
-            branch, (up, down) = step(xs, vs, up, down, b_up, b_down, lr, period, first_order)
-        else:
-            at = None if record is None else (lambda p, u, d, _s=start: record(_s + p, u, d))
-            branch, (up, down) = cms_level(xs, vs, up, down, b_up, b_down, lr, period, first_order, at)
-        outs.append(branch)
-    return torch.cat(outs, dim=1), (up, down)
 
 
 def _cms_state(up, down, s_deltas, s_errs, hiddens, inputs):
@@ -143,8 +117,9 @@ def _cms_state(up, down, s_deltas, s_errs, hiddens, inputs):
     return up - s_deltas.transpose(-1, -2) @ inputs, down - s_errs.transpose(-1, -2) @ hiddens
 
 
-def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False):
-    """Token by token, Eq 71 literally: accumulate ∇L over the block, apply it when i ≡ 0 (mod C)."""
+def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None):
+    """Token by token, Eq 71 literally: accumulate ∇L over the block, apply it when i ≡ 0 (mod C).
+    `record(position, up, down)` is called after each update when given."""
     T = x.shape[1]
     outs = []
     acc_up, acc_down = 0.0, 0.0
@@ -157,4 +132,6 @@ def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, firs
         if (t + 1) % period == 0:
             up, down = up - lr * acc_up / period, down - lr * acc_down / period
             acc_up, acc_down = 0.0, 0.0
+            if record is not None:
+                record(t + 1, up, down)
     return torch.cat(outs, dim=1), (up, down)

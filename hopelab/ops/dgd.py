@@ -20,6 +20,9 @@ Fast path (WY form, as in chunked DeltaNet): with γ_t = Π_{r≤t} α_r,
 
 i.e. a unit lower-triangular C×C solve per (sample, head), then reads and the chunk-end state are masked
 matrix products. Shapes carry leading batch dims `...` that broadcast (keys may be shared by memories).
+
+The memory updates of self-referential Titans (`dgd_mlp_memory_chunk`, `dgd_linear_memory_chunk`) are built
+from these pieces; each has its token-by-token reference beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from hopelab.ops.memory import act
 
 _MASKS: dict = {}
 
@@ -68,7 +72,7 @@ class ChunkDecay:
     gamma: torch.Tensor  # [..., C]           γ_t = Π_{r≤t} α_r
     gamma_prev: torch.Tensor  # [..., C]      γ_{t-1}
 
-    def unsqueeze(self, dim: int) -> "ChunkDecay":
+    def unsqueeze(self, dim: int) -> ChunkDecay:
         """Insert a broadcast batch dim (e.g. over memories) at `dim` (a leading dim, counted from 0)."""
         return ChunkDecay(*(getattr(self, f.name).unsqueeze(dim) for f in fields(self)))
 
@@ -107,9 +111,8 @@ def dgd_chunk_factors(
 
 def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
     """(I + L)⁻¹ for strictly lower-triangular L [..., C, C] (its diagonal is ignored: unit diagonal implied).
-    Solving against the C columns of the identity, then one matmul, instead of solving against the out = M·h
-    right-hand sides directly: fwd + bwd of the solve for w at `tiny` (C = 16, M·h = 192) measured 0.51x the
-    direct solve's time (1 thread, median of 30 paired)."""
+    Solving against the C columns of the identity, then one matmul, is cheaper than solving against the
+    out = M·h right-hand sides directly, since C < M·h."""
     eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device).expand(lower.shape)
     return torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)  # [..., C, C]
 
@@ -125,14 +128,6 @@ def dgd_end_state(S0, w, keys, decay: ChunkDecay) -> torch.Tensor:
     to_end = decay.inclusive[..., -1, :]  # [..., C]   γ_C/γ_s
     gamma_end = decay.gamma[..., -1, None, None]  # [..., 1, 1]
     return torch.addcmul((to_end.unsqueeze(-1) * w).transpose(-1, -2) @ keys, gamma_end, S0)
-
-
-def dgd_chunk(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
-    """Chunk-wise DGD: (reads [..., C, out] or None, chunk-end state [..., out, in])."""
-    decay = chunk_decay(log_alpha)
-    w = dgd_chunk_factors(S0, keys, grads, eta, decay, precondition)
-    reads = dgd_read(S0, w, keys, decay, queries) if queries is not None else None
-    return reads, dgd_end_state(S0, w, keys, decay)
 
 
 def dgd_chunk_reference(S0, keys, grads, eta, log_alpha, queries=None, precondition=True):
@@ -153,3 +148,78 @@ def dgd_chunk_reference(S0, keys, grads, eta, log_alpha, queries=None, precondit
         if queries is not None:
             reads.append((S @ queries[..., t, :].unsqueeze(-1)).squeeze(-1))  # S_t q_t
     return (torch.stack(reads, dim=-2) if queries is not None else None), S
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the memory updates of self-referential Titans: M memories, stacked, written by DGD; the last one is read
+
+
+def _stack_rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., M, n, r] -> [..., n, M·r]: per-memory gradient factors as rows of the stacked weight."""
+    *lead, M, n, r = t.shape
+    return t.transpose(-3, -2).reshape(*lead, n, M * r)
+
+
+def dgd_mlp_memory_chunk(W1, W2, keys, queries, hidden, error, delta, eta, log_alpha, S0k=None, read_weights=None):
+    """One chunk of M stacked MLP memories M(z) = z + W1 σ(W2 z) (Eq 89), each written by DGD (Eq 88) with
+    its own inner gradient: the preconditioner (α I − η k kᵀ) acts on W2, the weight that multiplies the key;
+    α only decays W1, whose keys are σ(W2 k). The last memory is read at the queries.
+
+        W1 [..., M, d, h]        chunk-start W1 of each memory
+        W2 [..., M·h, d]         chunk-start W2, the memories stacked along rows (memory m: rows m·h … (m+1)·h − 1)
+        keys, queries [..., n, d]
+        hidden [..., M, n, h]    u_t = σ(W2 k_t): the keys of W1
+        error [..., M, n, d]     e_t = M(k_t) − v̂_t,   ∇_{W1} L_t = e_t u_tᵀ
+        delta [..., M, n, h]     δ_t,                   ∇_{W2} L_t = δ_t k_tᵀ
+        eta, log_alpha [..., n]  η_t and log α_t, shared by the memories
+        S0k [..., n, M·h]        W2 k_t, when the caller already has it
+        read_weights             (W1 [..., d, h], W2 [..., h, d]) of the last memory, when the caller has them
+                                 as views of its own split of the state (backward then concatenates once)
+
+    -> (M_t(q_t) of the last memory [..., n, d], W1 [..., M, d, h] and W2 [..., M·h, d] at the chunk end)
+    """
+    h = W1.shape[-1]
+    lead = keys.dim() - 2  # the memory axis of W1, hidden, error, delta
+    decay = chunk_decay(log_alpha)  # shared by both weights of all memories
+    w2 = dgd_chunk_factors(W2, keys, _stack_rows(delta), eta, decay, precondition=True, S0k=S0k)  # [..., n, M·h]
+    w1 = dgd_chunk_factors(W1, hidden, error, eta.unsqueeze(-2), decay.unsqueeze(lead), precondition=False)
+    read_W1, read_W2 = read_weights if read_weights is not None else (W1[..., -1, :, :], W2[..., -h:, :])
+    p = dgd_read(read_W2, w2[..., -h:], keys, decay, queries)  # [..., n, h]   p_t = W2_t q_t
+    read = dgd_read(read_W1, w1[..., -1, :, :], hidden[..., -1, :, :], decay, act(p))  # [..., n, d]  W1_t σ(p_t)
+    W1_end = dgd_end_state(W1, w1, hidden, decay.unsqueeze(lead))
+    return queries + read, W1_end, dgd_end_state(W2, w2, keys, decay)
+
+
+def dgd_mlp_memory_chunk_reference(W1, W2, keys, queries, hidden, error, delta, eta, log_alpha):
+    """Token by token (Eq 88): W2 ← W2 (α I − η k kᵀ) − η δ kᵀ;  W1 ← α W1 − η e uᵀ."""
+    h = W1.shape[-1]
+    reads2, W2_end = dgd_chunk_reference(W2, keys, _stack_rows(delta), eta, log_alpha, queries, precondition=True)
+    p = reads2[..., -h:].unsqueeze(-3)  # [..., 1, n, h]   W2_t q_t of the last memory
+    reads1, W1_end = dgd_chunk_reference(
+        W1, hidden, error, eta.unsqueeze(-2), log_alpha.unsqueeze(-2), act(p), precondition=False
+    )
+    return queries + reads1[..., -1, :, :], W1_end, W2_end
+
+
+def dgd_linear_memory_chunk(W, keys, queries, error, eta, log_alpha, read_weight=None):
+    """One chunk of M stacked linear memories M(z) = W z, each written by DGD (Eq 93: ∇_W L_t = e_t k_tᵀ);
+    the last memory is read at the queries.
+
+        W [..., M·d, d]          chunk-start state, the memories stacked along rows
+        keys, queries [..., n, d];  error [..., M, n, d];  eta, log_alpha [..., n]
+        read_weight [..., d, d]  the last memory's W, when the caller has it as a view of its own split
+
+    -> (W_t q_t of the last memory [..., n, d], W at the chunk end [..., M·d, d])
+    """
+    d = W.shape[-1]
+    decay = chunk_decay(log_alpha)
+    w = dgd_chunk_factors(W, keys, _stack_rows(error), eta, decay, precondition=True)  # [..., n, M·d]
+    read = dgd_read(W[..., -d:, :] if read_weight is None else read_weight, w[..., -d:], keys, decay, queries)
+    return read, dgd_end_state(W, w, keys, decay)
+
+
+def dgd_linear_memory_chunk_reference(W, keys, queries, error, eta, log_alpha):
+    """Token by token (Eq 93): W ← W (α I − η k kᵀ) − η e kᵀ."""
+    d = W.shape[-1]
+    reads, W_end = dgd_chunk_reference(W, keys, _stack_rows(error), eta, log_alpha, queries, precondition=True)
+    return reads[..., -d:], W_end

@@ -27,7 +27,7 @@ from hopelab.lit.datamodule import StepDataModule
 from hopelab.lit.metrics import TrainMetrics, evaluate
 from hopelab.lit.module import LitLM, NonFiniteError
 from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_trainer
-from hopelab.models import compile_chunks, count_parameters, recompute_chunks
+from hopelab.models import Execution, count_parameters, fast_memory_layers
 from hopelab.probes import ProbeCallback, RunLabels, make_probes
 from hopelab.run.identity import git_sha, hardware, normalise, now, run_identity, spec_identity, versions
 from hopelab.run.rundir import RunDir
@@ -125,11 +125,10 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
     it executes (compiled / recomputed module counts, recorded with the hardware)."""
     base_cfg = dataclasses.replace(model_cfg, vocab_size=int(data.vocab_size))  # the model must match the data
     pl.seed_everything(spec.seed, workers=True, verbose=False)  # model init is a function of the seed
-    module = LitLM(spec.variant, base_cfg, train_cfg)
-    executed = {
-        "compiled_modules": compile_chunks(module.model) if spec.compile else 0,
-        "recomputed_modules": recompute_chunks(module.model) if spec.recompute else 0,
-    }
+    execution = Execution(compile=spec.compile, recompute=spec.recompute)
+    module = LitLM(spec.variant, base_cfg, train_cfg, execution=execution)
+    n_fast = len(fast_memory_layers(module.model))
+    executed = {"compiled_modules": n_fast if spec.compile else 0, "recomputed_modules": n_fast if spec.recompute else 0}
     config = {
         "spec": normalise(dataclasses.asdict(spec)),
         "model": to_dict(module.model.config),
