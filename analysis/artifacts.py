@@ -55,7 +55,8 @@ def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
-_LATEX_UNICODE = {"ᵖ": r"$^{p}$", "ʷ": r"$^{w}$", "±": r"$\pm$", "Δ": r"$\Delta$", "τ": r"$\tau$", "—": "---", "−": "$-$", "†": r"$^\dagger$",
+_LATEX_UNICODE = {"ᵖ": r"$^{p}$", "ʷ": r"$^{w}$", "±": r"$\pm$", "Δ": r"$\Delta$", "τ": r"$\tau$", "—": "---",
+                  "−": "$-$", "†": r"$^\dagger$",
                   "‡": r"$^\ddagger$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "<": r"$<$", ">": r"$>$"}
 
 

@@ -15,9 +15,21 @@ import pandas as pd
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
 from analysis.select import config_value, focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.style import (
+    DPI,
+    SEQ_COLORS,
+    band_line,
+    display_name,
+    level_name,
+    new_figure,
+    panel_label,
+    paper_style,
+    run_colors,
+    run_name_order,
+    save_figure,
+    spread,
+)
 from analysis.summary import reference_run_name
-from analysis.style import (DPI, SEQ_COLORS, band_line, display_name, level_name, new_figure, panel_label,
-                            paper_style, run_colors, run_name_order, save_figure, spread)
 
 NUMBER = 1
 TITLE = "CMS dynamics"

@@ -16,9 +16,20 @@ import pandas as pd
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
 from analysis.select import focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.style import (
+    COMPONENT_NAMES,
+    COMPONENT_ORDER,
+    DPI,
+    SEQ_COLORS,
+    band_line,
+    display_name,
+    new_figure,
+    no_rows,
+    panel_label,
+    paper_style,
+    save_figure,
+)
 from analysis.summary import reference_run_name
-from analysis.style import (COMPONENT_NAMES, COMPONENT_ORDER, DPI, SEQ_COLORS, band_line, display_name,
-                            new_figure, no_rows, panel_label, paper_style, save_figure)
 
 NUMBER = 2
 TITLE = "Self-modification"

@@ -19,9 +19,19 @@ import pandas as pd
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
 from analysis.select import config_value, focus_rows, last_step_rows, probe_rows, seed_band, seeds_note
+from analysis.style import (
+    DPI,
+    band_line,
+    display_name,
+    new_figure,
+    no_rows,
+    panel_label,
+    paper_style,
+    run_colors,
+    run_name_order,
+    save_figure,
+)
 from analysis.summary import reference_run_name
-from analysis.style import (DPI, band_line, display_name, new_figure, no_rows, panel_label, paper_style,
-                            run_colors, run_name_order, save_figure)
 
 NUMBER = 3
 TITLE = "Surprise gating"

@@ -14,8 +14,17 @@ import numpy as np
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, PAIRED, losses_by_seed
-from analysis.style import (DPI, SCALE_COLORS, display_name, new_figure, panel_label, paper_style,
-                            run_colors, run_name_order, save_figure)
+from analysis.style import (
+    DPI,
+    SCALE_COLORS,
+    display_name,
+    new_figure,
+    panel_label,
+    paper_style,
+    run_colors,
+    run_name_order,
+    save_figure,
+)
 from analysis.summary import ablation_summary
 
 NUMBER = 4

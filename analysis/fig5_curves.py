@@ -13,8 +13,18 @@ import pandas as pd
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
 from analysis.select import seed_band, usable_runs
-from analysis.style import (DPI, VARIANT_LINESTYLES, band_line, display_name, new_figure, panel_label,
-                            paper_style, run_colors, save_figure, spread)
+from analysis.style import (
+    DPI,
+    VARIANT_LINESTYLES,
+    band_line,
+    display_name,
+    new_figure,
+    panel_label,
+    paper_style,
+    run_colors,
+    save_figure,
+    spread,
+)
 from analysis.summary import ablation_run_names, reference_run_name
 from hopelab.run import STATUS_DONE, STATUS_FAILED
 
@@ -30,7 +40,7 @@ def smooth_window(max_step: int) -> int:
 def _smoothed(df: pd.DataFrame, window: int) -> pd.DataFrame:
     """Per run, a trailing rolling mean of the finite values over `window` logged steps."""
     out = []
-    for run_id, g in df.groupby("run_id"):
+    for _, g in df.groupby("run_id"):
         g = g.sort_values("step")
         g = g[np.isfinite(g["value"].astype(float))]
         g = g.assign(value=g["value"].rolling(window, min_periods=1).mean())

@@ -14,8 +14,8 @@ import pandas as pd
 from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
 from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
-from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name
 from analysis.style import display_name
+from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name
 
 # Thresholds that turn numbers into words (listed in the report).
 DELTA_EPS = 0.01  # nats: with one seed (no interval), |Δ| at or below this is "no difference"

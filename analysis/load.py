@@ -27,9 +27,9 @@ import pyarrow.dataset as ds
 
 from hopelab.config import SCALES
 from hopelab.errors import UserError
+from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA, read_parquet
 from hopelab.run import STATUS_DONE, STATUS_FAILED, RunDir
 from hopelab.run.spec import parse_run_id
-from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA, read_parquet
 
 # One row per run. Config fields of interest are flattened from config.json ("model", "train", "spec").
 RUN_DTYPES: dict[str, str] = {

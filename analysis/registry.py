@@ -7,12 +7,11 @@ Adding a figure: write its module, then one line in FIGURES.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from analysis import (fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation,
-                      table2_sweep)
+from analysis import fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation, table2_sweep
 from analysis.artifacts import FigureOut, Skipped, TableOut, write_table
 from analysis.load import StudyResults
 

@@ -6,9 +6,9 @@ Figures are built on `matplotlib.figure.Figure` (no pyplot, no global backend or
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import matplotlib
 import numpy as np

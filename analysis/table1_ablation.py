@@ -12,8 +12,8 @@ import math
 from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table
 from analysis.load import StudyResults
 from analysis.stats import CONFIDENCE, NO_TEST, PAIRED, WELCH, fmt_p, fmt_pm
-from analysis.summary import ablation_summary
 from analysis.style import display_name
+from analysis.summary import ablation_summary
 
 NUMBER = 1
 TITLE = "Component ablation"

@@ -7,8 +7,9 @@ inside every checkpoint, so a checkpoint alone says what it is.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from hopelab.errors import UserError
 

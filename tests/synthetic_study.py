@@ -22,8 +22,8 @@ import numpy as np
 
 from hopelab.config import get_scale, to_dict
 from hopelab.models import variant_config
-from hopelab.run import RunSpec
 from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA, rows_to_table, write_json_atomic, write_parquet_atomic
+from hopelab.run import RunSpec
 
 VARIANTS = ["hope", "hope_no_cms", "hope_no_selfmod", "hope_no_surprise", "titans", "transformer",
             "transformer_matched"]
@@ -42,7 +42,8 @@ TRUE_DELTA = {
     "hope-tau0.02": (0.0, 0.0),  # the default threshold: full HOPE under another name
 }
 SEED_OFFSET = [0.000, 0.021, -0.013, 0.008, -0.017]
-GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]  # as hopelab.probes.surprise.THRESHOLD_GRID
+# as hopelab.probes.surprise.THRESHOLD_GRID
+GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]
 _NORMAL = NormalDist()
 FAILED = ("tiny", "hope_no_cms", 2, 120)  # scale, variant, seed, step at which the loss became NaN
 N_PARAMS = {"hope": 1.00, "hope_no_cms": 0.93, "hope_no_selfmod": 0.90, "hope_no_surprise": 1.00, "titans": 0.85,
@@ -92,7 +93,8 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
                     big = comp in ("k", "v", "q", "memory")
                     plateau = (13.0 if big else 0.8) * (1 - math.exp(-8 * frac))  # flat after the first ckpts
                     r = dict(base, probe="selfmod", layer=layer, component=comp)
-                    rows["selfmod"].append(dict(r, metric="drift_init", value=plateau + (rng.normal(0, 0.02) if step else 0)))
+                    drift = plateau + (rng.normal(0, 0.02) if step else 0)
+                    rows["selfmod"].append(dict(r, metric="drift_init", value=drift))
                     rows["selfmod"].append(dict(r, metric="norm", value=(20.0 if big else 2.0) + plateau / 4))
                     rows["selfmod"].append(dict(r, metric="rel_drift_meta_fast", value=1.0 + rng.normal(0, 0.01)))
                     for pos in range(model.chunk_size, model.context_len + 1, model.chunk_size):
@@ -170,9 +172,11 @@ def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed:
     for probe, rows in _probe_rows(run, model, ckpts, rng).items():
         by_step: dict[int, list[dict]] = {}
         for r in rows:
-            by_step.setdefault(r["step"], []).append({k: v for k, v in r.items() if k not in ("tokens_per_step", "final")})
+            kept = {k: v for k, v in r.items() if k not in ("tokens_per_step", "final")}
+            by_step.setdefault(r["step"], []).append(kept)
         for step, step_rows in by_step.items():  # one file per probe and checkpoint, as the probes write them
-            write_parquet_atomic(rows_to_table(step_rows, PROBE_SCHEMA), run_dir / "probes" / f"{probe}-step{step}.parquet")
+            path = run_dir / "probes" / f"{probe}-step{step}.parquet"
+            write_parquet_atomic(rows_to_table(step_rows, PROBE_SCHEMA), path)
 
     wall = 0.9 * end * (1.0 if scale == "tiny" else 4.0) * N_PARAMS[variant]
     manifest = {

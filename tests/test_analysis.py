@@ -20,12 +20,12 @@ import pytest
 from scipy import stats
 
 from analysis import load_results, render_report
+from analysis.artifacts import Skipped
 from analysis.findings import GATE_NOOP, compute_findings
 from analysis.load import RUN_DTYPES
 from analysis.report import render_figures, render_tables
 from analysis.stats import PAIRED, WELCH, compare, mean_ci
 from analysis.summary import reference_run_name
-from analysis.artifacts import Skipped
 
 try:
     from synthetic_study import FAILED, build_synthetic_study
@@ -277,7 +277,8 @@ def test_findings_follow_the_numbers_not_a_script(study):
     runs = study.runs.copy()
     base = runs[(runs["run_name"] == "hope")].set_index(["scale", "seed"])["final_val_loss"]
     sel = runs["run_name"] == "hope_no_selfmod"
-    runs.loc[sel, "final_val_loss"] = [base[(s, k)] - 0.2 for s, k in zip(runs.loc[sel, "scale"], runs.loc[sel, "seed"])]
+    cells = zip(runs.loc[sel, "scale"], runs.loc[sel, "seed"])
+    runs.loc[sel, "final_val_loss"] = [base[(s, k)] - 0.2 for s, k in cells]
     probes = study.probes.copy()
     gate = (probes["metric"] == "gate_pass_rate") & (probes["run_name"] == "hope")
     probes.loc[gate, "value"] = 0.5

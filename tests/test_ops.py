@@ -83,7 +83,8 @@ def _memory_chunk_inputs(C, mlp: bool):
     if mlp:  # W1, W2, keys, queries, hidden, error, delta, η, log α
         return [leaf(B, H, M, d, h), leaf(B, H, M * h, d), keys, queries, leaf(B, H, M, C, h), leaf(B, H, M, C, d),
                 leaf(B, H, M, C, h), eta, log_alpha]
-    return [leaf(B, H, M * d, d), keys, queries, leaf(B, H, M, C, d), eta, log_alpha]  # W, keys, queries, error, η, log α
+    # W, keys, queries, error, η, log α
+    return [leaf(B, H, M * d, d), keys, queries, leaf(B, H, M, C, d), eta, log_alpha]
 
 
 @pytest.mark.parametrize("shortcuts", [False, True])

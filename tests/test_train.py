@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from hopelab.errors import UserError
-from hopelab.run import RunSpec, parse_overrides, train_one
 from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA
+from hopelab.run import RunSpec, parse_overrides, train_one
 
 pytestmark = pytest.mark.slow
 

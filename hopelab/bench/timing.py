@@ -17,8 +17,8 @@ from hopelab.config import get_scale
 from hopelab.lit.module import lm_loss
 from hopelab.models import Execution, build_model, count_parameters
 
-COMPILED = "+compile"  # suffix of a variant timed with its SR-Titans chunk and CMS steps compiled (compile_chunks)
-RECOMPUTED = "+recompute"  # suffix of a variant timed with those steps recomputed in backward (recompute_chunks)
+COMPILED = "+compile"  # suffix: built with Execution(compile=True), its fast-memory steps compiled
+RECOMPUTED = "+recompute"  # suffix: built with Execution(recompute=True), those steps recomputed in backward
 
 
 @contextmanager
@@ -49,9 +49,11 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes,
     matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
     machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
-    variant runs. "hope+compile" is hope built with `Execution(compile=True)`: its first step (the compile) is timed apart;
+    variant runs. "hope+compile" is hope built with `Execution(compile=True)`: its first step (the compile) is
+    timed apart;
     its FLOPs and saved activations are counted on the eager step, which runs the same code uncompiled.
-    "hope+recompute" is hope built with `Execution(recompute=True)`, counted as it runs (its FLOPs include the recomputation)."""
+    "hope+recompute" is hope built with `Execution(recompute=True)`, counted as it runs (its FLOPs include the
+    recomputation)."""
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,24 +13,24 @@ from hopelab.errors import CommandFailed, UserError
 def audit_command(
     target: Annotated[str, typer.Argument(help="package.module:factory or path/to/file.py:factory; "
                                           "factory() -> nn.Module")],
-    vocab: Annotated[Optional[int], typer.Option(help="vocabulary size for token input (default: model.config."
+    vocab: Annotated[int | None, typer.Option(help="vocabulary size for token input (default: model.config."
                                                  "vocab_size or the first nn.Embedding)")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="sequence length T")] = 64,
     batch: Annotated[int, typer.Option(help="batch size B (>= 2 to test batch independence)")] = 2,
     input: Annotated[str, typer.Option("--input", help="tokens | float:DIM")] = "tokens",
-    call: Annotated[Optional[str], typer.Option(help="module:fn, fn(model, x) -> output [B, T, ...] "
+    call: Annotated[str | None, typer.Option(help="module:fn, fn(model, x) -> output [B, T, ...] "
                                                 "(default model(x))")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="module:fn, fn(output, x) -> scalar "
+    loss: Annotated[str | None, typer.Option(help="module:fn, fn(output, x) -> scalar "
                                                 "(default: next-token loss)")] = None,
     memory_params: Annotated[list[str], typer.Option("--memory-params", help="glob of parameter names to audit as "
                                                      "memory / η / α parameters (repeatable)")] = [],
     dtype: Annotated[str, typer.Option(help="auto (float64 when the model runs in it and has <= 5M parameters, "
                                        "else float32) | float64 | float32")] = "auto",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
-    markdown_path: Annotated[Optional[Path], typer.Option("--markdown", help="write the report as Markdown")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    markdown_path: Annotated[Path | None, typer.Option("--markdown", help="write the report as Markdown")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     seed: Annotated[int, typer.Option(help="seed for inputs and perturbations")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")] = None,
 ) -> None:
     """Gradient-flow and memory audit of any HOPE / Titans / fast-weight model, without editing its code."""
     from rich.console import Console

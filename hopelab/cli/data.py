@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ data_app = typer.Typer(help="Offline corpora and tokenizers: tokenize once into 
 
 @data_app.command("prepare")
 def prepare_command(
-    corpus: Annotated[Optional[Path], typer.Option(
+    corpus: Annotated[Path | None, typer.Option(
         "--corpus", help="A .txt file, a directory, a .jsonl or a Parquet file "
         "(default: the Wikipedia sample embedded in gensim)")] = None,
     tokenizer: Annotated[str, typer.Option(
@@ -23,7 +23,7 @@ def prepare_command(
         "--vocab-size", help="Vocab size of the trained bpe (ignored for gpt2)")] = 8192,
     text_field: Annotated[str, typer.Option(
         "--text-field", help="JSONL field / Parquet column with the text")] = "text",
-    cache_dir: Annotated[Optional[Path], typer.Option(
+    cache_dir: Annotated[Path | None, typer.Option(
         "--cache-dir", help="Cache root (default: $HOPELAB_CACHE, else ~/.cache/hopelab)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars")] = True,
 ) -> None:

@@ -4,7 +4,7 @@ An option that a single command takes is written in that command's signature."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ RecomputeOpt = Annotated[
 
 # ---------------------------------------------------------------------- a study's runs (study show, run)
 StudyScalesOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--scale", "-s", metavar="SCALE",
         help="tiny | small | scaled (repeat or comma-separate); default: the study's own",
@@ -36,13 +36,13 @@ StudyScalesOpt = Annotated[
 ]
 StudyNameArg = Annotated[str, typer.Argument(metavar="NAME", help="a built-in study or a .py definition file")]
 SeedsOpt = Annotated[
-    Optional[int], typer.Option("--seeds", metavar="N", help="seeds per cell (0..N-1); default: the study's")
+    int | None, typer.Option("--seeds", metavar="N", help="seeds per cell (0..N-1); default: the study's")
 ]
 StepsOpt = Annotated[
-    Optional[int], typer.Option("--steps", metavar="N", help="training steps per run; default: the scale's")
+    int | None, typer.Option("--steps", metavar="N", help="training steps per run; default: the scale's")
 ]
 StudySetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--set",
         metavar="KEY=VALUE",
@@ -55,5 +55,5 @@ StudySetOpt = Annotated[
 StudyDirArg = Annotated[
     Path, typer.Argument(help="study root (<out>/<study>/) or one scale's directory under it")
 ]
-OnlyScaleOpt = Annotated[Optional[str], typer.Option("--scale", help="only this scale")]
+OnlyScaleOpt = Annotated[str | None, typer.Option("--scale", help="only this scale")]
 DpiOpt = Annotated[int, typer.Option("--dpi", help="PNG resolution")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ def _command_line() -> str:
     return "hopelab " + shlex.join(sys.argv[1:])
 
 
-def _load(study_dir: Path, scale: Optional[str]):
+def _load(study_dir: Path, scale: str | None):
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display needed, ever
@@ -83,8 +83,8 @@ def _summary(results, out: Path) -> str:
 
 def report(
     study_dir: StudyDirArg,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output directory [default: reports/<study>]")] = None,
-    scale: Annotated[Optional[str], typer.Option("--scale", help="report only this scale")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output directory [default: reports/<study>]")] = None,
+    scale: Annotated[str | None, typer.Option("--scale", help="report only this scale")] = None,
     dpi: DpiOpt = 200,
 ) -> None:
     """Render every figure and table and a README.md with setup, findings and captions."""
@@ -100,9 +100,9 @@ def report(
 
 def figures(
     study_dir: StudyDirArg,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output directory "
+    out: Annotated[Path | None, typer.Option("--out", help="output directory "
                                                 "[default: reports/<study>/figures]")] = None,
-    only: Annotated[Optional[str], typer.Option("--only", help="figure numbers, e.g. 1,3 (1 CMS, 2 self-mod, "
+    only: Annotated[str | None, typer.Option("--only", help="figure numbers, e.g. 1,3 (1 CMS, 2 self-mod, "
                                                 "3 surprise, 4 importance, 5 curves)")] = None,
     scale: OnlyScaleOpt = None,
     dpi: DpiOpt = 200,
@@ -121,7 +121,7 @@ def figures(
 
 def tables(
     study_dir: StudyDirArg,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output directory "
+    out: Annotated[Path | None, typer.Option("--out", help="output directory "
                                                 "[default: reports/<study>/tables]")] = None,
     scale: OnlyScaleOpt = None,
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -187,17 +187,17 @@ def run_cmd(
         str, typer.Option("--out", "-o", metavar="DIR", help="study directories go under OUT/<study>/")
     ] = "runs",
     data: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--data", metavar="PATH", help="corpus: .txt/.jsonl/.parquet or a directory; default: embedded"),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="runs trained in parallel processes")] = 1,
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
-    precision: Annotated[Optional[str], typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
+    precision: Annotated[str | None, typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
     compile_: CompileOpt = False,
     recompute: RecomputeOpt = False,
     shard: Annotated[
-        Optional[str], typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
+        str | None, typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
     set_: StudySetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the runs and their state; train nothing")] = False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,20 +14,20 @@ def train_command(
     variant: Annotated[str, typer.Option("--variant", help="hope, hope_no_cms, hope_no_selfmod, hope_no_surprise, "
                                          "titans, transformer, transformer_matched")],
     scale: Annotated[str, typer.Option("--scale", help="tiny, small or scaled")] = "tiny",
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps [default: the scale's]")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps [default: the scale's]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and of the batch order")] = 0,
-    data: Annotated[Optional[str], typer.Option("--data", help="A corpus file or directory [default: the embedded "
+    data: Annotated[str | None, typer.Option("--data", help="A corpus file or directory [default: the embedded "
                                                 "Wikipedia sample]")] = None,
     out: Annotated[str, typer.Option("--out", help="Root of all run directories")] = "runs",
     study: Annotated[str, typer.Option("--study", help="Study name (the run lives in "
                                        "<out>/<study>/<scale>/...)")] = "adhoc",
     tag: Annotated[str, typer.Option("--tag", help="Distinguishes runs of one variant with different "
                                      "overrides")] = "",
-    set_: Annotated[List[str], typer.Option("--set", help="Model or train override key=value (repeatable), e.g. "
+    set_: Annotated[list[str], typer.Option("--set", help="Model or train override key=value (repeatable), e.g. "
                                             "--set surprise_threshold=0.05 --set lr=1e-3")] = [],
     accelerator: Annotated[str, typer.Option("--accelerator", help="cpu, gpu, cuda, mps or auto")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="auto, a count, or indices like 0,1")] = "auto",
-    precision: Annotated[Optional[str], typer.Option("--precision", help="e.g. 32-true, bf16-mixed, "
+    precision: Annotated[str | None, typer.Option("--precision", help="e.g. 32-true, bf16-mixed, "
                                                      "16-mixed")] = None,
     strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, ...")] = "auto",
     probes: Annotated[bool, typer.Option("--probes/--no-probes", help="Run the cms/selfmod/surprise/gradflow "

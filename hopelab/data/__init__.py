@@ -28,7 +28,7 @@ _EXPORTS = {
     "PreparedData": "hopelab.data.dataset",
     "BatchSampler": "hopelab.data.sampler",
 }
-__all__ = list(_EXPORTS)
+__all__ = ["BatchSampler", "PreparedData", "Tokenizer", "get_tokenizer", "prepare"]  # = _EXPORTS' keys
 
 
 def __getattr__(name: str):

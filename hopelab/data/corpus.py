@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 from hopelab.data.cache import digest, file_sha256, locked, slug
-from hopelab.records import atomic_path
 from hopelab.errors import UserError
+from hopelab.records import atomic_path
 
 EMBEDDED_PACKAGE = "gensim"
 EMBEDDED_RESOURCE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

@@ -19,21 +19,21 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import tokenizers
 
 import hopelab
 from hopelab.data.cache import cache_root, digest, locked
-from hopelab.records import atomic_path
 from hopelab.data.corpus import Corpus, resolve_corpus
 from hopelab.data.progress import progress_bar
 from hopelab.data.tokenizer import Tokenizer, check_tokenizer_args, gpt2_tokenizer, trained_bpe
 from hopelab.errors import UserError
-from hopelab.records import write_json_atomic
+from hopelab.records import atomic_path, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the layout or the split rule changes
 VAL_EVERY = 20

@@ -9,7 +9,7 @@ from typing import Any
 class NoProgress:
     """Same calls as rich.progress.Progress, does nothing (progress=False, tests)."""
 
-    def __enter__(self) -> "NoProgress":
+    def __enter__(self) -> NoProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

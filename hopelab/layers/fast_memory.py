@@ -155,7 +155,9 @@ class FastStateTrace:
 
 
 # id(layer) -> (the trace it reports to, its name in the traced model), for every trace_fast_states open
-_TRACED: contextvars.ContextVar[dict[int, tuple[FastStateTrace, str]] | None] = contextvars.ContextVar("traced", default=None)
+_TRACED: contextvars.ContextVar[dict[int, tuple[FastStateTrace, str]] | None] = contextvars.ContextVar(
+    "traced", default=None
+)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ same global batch, so the global batch does not depend on the number of devices.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import lightning.pytorch as pl
 import torch

@@ -10,8 +10,9 @@ and rows are unique by (metric, step).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import pyarrow.parquet as pq

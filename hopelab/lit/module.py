@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np

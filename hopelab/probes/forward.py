@@ -8,8 +8,9 @@ keeping of each traced state only its per-sample drift from the meta-learned ini
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -148,7 +149,9 @@ class ProbeStep:
         return self._result
 
 
-def fast_drift_rows(key: str, meta: Mapping[str, torch.Tensor], records: list[FastDrift], where: dict) -> list[dict[str, Any]]:
+def fast_drift_rows(
+    key: str, meta: Mapping[str, torch.Tensor], records: list[FastDrift], where: dict
+) -> list[dict[str, Any]]:
     """rel_drift_meta_fast (mean over samples) at every recorded position of `key`, and after the whole
     probe batch (position null, the last record). Null where the meta state is all zeros."""
     mine = sorted((r for r in records if r.key == key), key=lambda r: r.position)

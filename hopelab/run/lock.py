@@ -91,7 +91,7 @@ class FileLock:
             json.dump({"pid": os.getpid(), "host": HOST, "started": time.time()}, f)
         return True
 
-    def acquire(self) -> "FileLock":
+    def acquire(self) -> FileLock:
         deadline = time.monotonic() + self.wait
         while True:
             if self._try_create():
@@ -127,7 +127,7 @@ class FileLock:
                 self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

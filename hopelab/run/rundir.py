@@ -17,10 +17,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hopelab.records import read_json, write_json_atomic
 from hopelab.run.lock import held_by_other
 from hopelab.run.spec import parse_run_id
 from hopelab.run.state import STATUS_PENDING, STATUS_RUNNING, RunState
-from hopelab.records import read_json, write_json_atomic
 
 _CKPT_RE = re.compile(r"^step(\d+)\.ckpt$")
 

@@ -17,7 +17,8 @@ import math
 import os
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -96,7 +97,8 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
         if rank0:
             run_dir.write_error(traceback.format_exc())
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
-        return manifest.fail(f"{type(err).__name__}: {first_line} (traceback in {run_dir.error_log.name})", None, probes)
+        reason = f"{type(err).__name__}: {first_line} (traceback in {run_dir.error_log.name})"
+        return manifest.fail(reason, None, probes)
 
     if not trainer.is_global_zero:
         return RunState(spec.run_id, STATUS_RUNNING, last_step=trainer.global_step)
@@ -128,7 +130,8 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
     execution = Execution(compile=spec.compile, recompute=spec.recompute)
     module = LitLM(spec.variant, base_cfg, train_cfg, execution=execution)
     n_fast = len(fast_memory_layers(module.model))
-    executed = {"compiled_modules": n_fast if spec.compile else 0, "recomputed_modules": n_fast if spec.recompute else 0}
+    executed = {"compiled_modules": n_fast if spec.compile else 0,
+                "recomputed_modules": n_fast if spec.recompute else 0}
     config = {
         "spec": normalise(dataclasses.asdict(spec)),
         "model": to_dict(module.model.config),

@@ -12,10 +12,10 @@ import multiprocessing
 import os
 import queue as queue_mod
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from hopelab.data.progress import progress_bar
 from hopelab.errors import UserError
@@ -102,7 +102,7 @@ class StudyProgress:
         self.tasks: dict[str, int] = {}
         self.ended: set[str] = set()  # late progress messages of these runs are dropped
 
-    def __enter__(self) -> "StudyProgress":
+    def __enter__(self) -> StudyProgress:
         self.bar.__enter__()
         return self
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hopelab.errors import UserError
+from hopelab.records import read_json, write_json_atomic
 from hopelab.run import RunState
 from hopelab.run.lock import FileLock
 from hopelab.study.plan import PlannedRun
-from hopelab.records import read_json, write_json_atomic
 
 STUDY_JSON = "study.json"
 _LOCK_WAIT_S = 120.0
