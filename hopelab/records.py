@@ -17,15 +17,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Which run and which training step a row belongs to: the first columns of every long-format file.
+_RUN_STEP_COLUMNS = [
+    ("run_id", pa.string()),
+    ("study", pa.string()),
+    ("variant", pa.string()),
+    ("scale", pa.string()),
+    ("seed", pa.int64()),
+    ("step", pa.int64()),
+]
+
 # Probe rows (`probes/*.parquet` in a run directory). Columns that do not apply to a row are null.
 PROBE_SCHEMA = pa.schema(
     [
-        ("run_id", pa.string()),
-        ("study", pa.string()),
-        ("variant", pa.string()),
-        ("scale", pa.string()),
-        ("seed", pa.int64()),
-        ("step", pa.int64()),
+        *_RUN_STEP_COLUMNS,
         ("tokens", pa.int64()),  # training tokens seen at this step
         ("probe", pa.string()),  # cms | selfmod | surprise | gradflow
         ("metric", pa.string()),
@@ -43,12 +48,7 @@ PROBE_SCHEMA = pa.schema(
 # Training metrics (`metrics.parquet` in a run directory), also long format.
 METRICS_SCHEMA = pa.schema(
     [
-        ("run_id", pa.string()),
-        ("study", pa.string()),
-        ("variant", pa.string()),
-        ("scale", pa.string()),
-        ("seed", pa.int64()),
-        ("step", pa.int64()),
+        *_RUN_STEP_COLUMNS,
         ("tokens", pa.int64()),
         ("metric", pa.string()),  # train_loss | val_loss | tokens_per_s | lr | grad_norm
         ("value", pa.float64()),
