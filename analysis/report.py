@@ -76,6 +76,15 @@ def _span(runs: pd.DataFrame) -> str:
     return f"; first start {start:%Y-%m-%d %H:%M} UTC, last end {end:%Y-%m-%d %H:%M} UTC"
 
 
+def _shown_path(path: Path) -> str:
+    """A path as a report may show it: relative to the working directory when under it, else its last part.
+    A committed report names no folder of the machine that made it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
 def setup_lines(study: StudyResults, command: str | None) -> list[str]:
     runs = study.runs
     lines = []
@@ -85,7 +94,7 @@ def setup_lines(study: StudyResults, command: str | None) -> list[str]:
     if commands:
         label = "Study command" if len(commands) == 1 else "Study commands"
         lines.append(f"- **{label}:** " + "; ".join(f"`{c}`" for c in commands))
-    lines.append(f"- **Study:** `{study.name}` at `{study.root}`"
+    lines.append(f"- **Study:** `{study.name}` at `{_shown_path(study.root)}`"
                  + (f" (study.json updated {study.meta['updated']})" if study.meta.get("updated") else ""))
     for scale in study.scales:
         r = study.runs_at(scale)

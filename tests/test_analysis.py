@@ -259,6 +259,11 @@ def test_every_figure_and_table_file_is_written(report):
         assert needed in readme, needed
 
 
+def test_the_report_names_no_folder_of_the_machine_that_made_it(report, study_root):
+    readme = (report / "README.md").read_text()
+    assert str(study_root.parent) not in readme and f"`{study_root.name}`" in readme
+
+
 def test_findings_carry_the_computed_numbers(report, study):
     readme = (report / "README.md").read_text()
     data = pd.read_csv(report / "tables" / "table1_ablation.csv")
