@@ -7,8 +7,9 @@ Each level's W_up, W_down are fast weights with meta-learned initial states (par
 by hopelab.ops.cms (Eq 71) from a local objective (Eq 71's f = ∇L), chosen by `cms_objective`:
 - "reconstruct" (default): ½‖f(x_t) − W_v x_t‖², W_v learned by the outer loop and starting at the identity
   (the level is first asked to reproduce its input). At W_v = I the inner error f(x_t) − x_t is the level's
-  own branch output, so every in-context write can only shrink what the level adds; the outer loop moves W_v
-  away from I slowly (‖W_v − I‖/‖I‖ ≈ 0.04 after 300 tiny steps), so this stays close to the case early on.
+  own branch output: every in-context write is a gradient step on ½‖branch(x)‖², pushing what the level adds
+  toward zero. The outer loop moves W_v away from I slowly (‖W_v − I‖/‖I‖ ≈ 0.04 after 300 tiny steps), so
+  the writes stay close to that.
 - "kv": ½‖f(W_k x_t) − W_v x_t‖², a key/value association on learned projections initialised at random
   (N(0, 1/D), away from the identity), as in Titans; the level is still read at x_t (Eq 70).
 The level's in-context learning rate is learned too (softplus). `hook_out` of level ℓ is branch_ℓ: what the
