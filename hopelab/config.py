@@ -17,6 +17,7 @@ MemoryKind = Literal["mlp", "linear"]
 InnerGrad = Literal["full", "first_order"]
 SurpriseMode = Literal["absolute", "relative", "off"]
 CMSCombine = Literal["chain", "gated"]
+CMSObjective = Literal["reconstruct", "kv"]
 TokenizerName = Literal["bpe", "gpt2"]
 
 
@@ -33,7 +34,8 @@ class ModelConfig:
     chunk_size: int = 16  # C of Eq 90: projections and inner gradients use the chunk-start state
     memory: MemoryKind = "mlp"  # "mlp": M(z) = z + W1 σ(W2 z) (Eq 89); "linear": M(z) = W z (Eq 93)
     memory_hidden_mult: int = 2  # hidden width of the memory MLP, per head, as a multiple of head dim
-    inner_grad: InnerGrad = "full"  # "full" keeps second-order terms; "first_order" treats ∇L as data
+    inner_grad: InnerGrad = "full"  # "full" keeps second-order terms; "first_order" treats the inner gradient's
+    # error-side factors as data (what exactly: hopelab.ops.memory, "First order"; the same in every layer)
     chunk_grad: Literal["mean", "sum"] = "mean"  # C gradients taken at one chunk-start state: averaged
     # (TTT's mini-batch GD, stable for any C) or summed (Eq 90 literally; diverges for large C·η)
     eta_max: float = 1.0  # η_t ∈ (0, eta_max)
@@ -52,6 +54,8 @@ class ModelConfig:
     cms_hidden_mult: int = 4
     cms_combine: CMSCombine = "chain"  # "chain": Eq 70; "gated": learned per-token gate over levels
     cms_lr_init: float = 0.01  # initial in-context learning rate of each CMS level (learned)
+    cms_objective: CMSObjective = "reconstruct"  # a level's local objective: ½‖f(x) − W_v x‖², W_v = I at init
+    # ("reconstruct"), or ½‖f(W_k x) − W_v x‖² on random learned projections ("kv"); see hopelab.layers.cms
     # --- Titans baseline (GD with momentum and weight decay)
     titans_momentum_init: float = 0.9
     titans_decay_init: float = 0.001  # as alpha_init: 1 − decay = 0.999 per token
@@ -67,6 +71,8 @@ class ModelConfig:
             raise UserError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.chunk_size < 1:
             raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.cms_objective not in ("reconstruct", "kv"):
+            raise UserError(f"cms_objective must be reconstruct or kv, got {self.cms_objective!r}")
         if any(p < 1 for p in self.cms_periods):
             raise UserError(f"cms_periods must be >= 1, got {self.cms_periods}")
         if not 0 < self.alpha_init <= 1 or not 0 < self.eta_init < self.eta_max:

@@ -204,6 +204,12 @@ def test_cms_levels_update_at_token_periods():
     rec = trace.records[-1]
     for name, t in rec.states.items():
         assert t.shape[1:] == states[rec.key][name].shape
+    # every recorded CMS state is a new one: the level wrote at each of those positions (a zero rate would not)
+    for key in ("blocks.0.cms.levels.0", "blocks.0.cms.levels.1"):
+        seen = [states[key]] + [r.states for r in trace.records if r.key == key]
+        for before, after in zip(seen, seen[1:]):
+            for name in ("W_up", "W_down"):
+                assert (after[name] - before[name]).abs().max() > 1e-8, (key, name)
 
 
 def test_surprise_gate_hooks_and_threshold():

@@ -4,9 +4,16 @@
     combine="gated":          output Σ_ℓ g_ℓ(x) branch_ℓ(x),  g = softmax(W_g x) over levels, per token
 
 Each level's W_up, W_down are fast weights with meta-learned initial states (parameters), updated in context
-by hopelab.ops.cms (Eq 71) from the local objective ½‖f(x_t) − W_v x_t‖²; W_v starts at the identity (the
-level is first asked to reproduce its input) and is learned by the outer loop. The level's in-context
-learning rate is learned too (softplus). `hook_out` of level ℓ is branch_ℓ: what the level adds.
+by hopelab.ops.cms (Eq 71) from a local objective (Eq 71's f = ∇L), chosen by `cms_objective`:
+- "reconstruct" (default): ½‖f(x_t) − W_v x_t‖², W_v learned by the outer loop and starting at the identity
+  (the level is first asked to reproduce its input). At W_v = I the inner error f(x_t) − x_t is the level's
+  own branch output: every in-context write is a gradient step on ½‖branch(x)‖², pushing what the level adds
+  toward zero. The outer loop moves W_v away from I slowly (‖W_v − I‖/‖I‖ ≈ 0.04 after 300 tiny steps), so
+  the writes stay close to that.
+- "kv": ½‖f(W_k x_t) − W_v x_t‖², a key/value association on learned projections initialised at random
+  (N(0, 1/D), away from the identity), as in Titans; the level is still read at x_t (Eq 70).
+The level's in-context learning rate is learned too (softplus). `hook_out` of level ℓ is branch_ℓ: what the
+level adds.
 
 A level runs its sequence in steps of a few whole blocks (hopelab.ops.cms.step_length), the weights
 materialised between steps and each step in dual form (hopelab.ops.cms.cms_level).
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hopelab.config import ModelConfig
+from hopelab.config import CMSObjective, ModelConfig
 from hopelab.layers.fast_memory import DEFAULT_EXECUTION, Execution, FastMemory, Record, init_projection
 from hopelab.layers.hooks import HookPoint
 from hopelab.ops.cms import cms_level, cms_level_reference, step_length
@@ -39,18 +46,24 @@ class CMSLevelState:
 
 class CMSLevel(FastMemory):
     def __init__(self, dim: int, hidden: int, period: int, lr_init: float, n_layers: int, first_order: bool = False,
-                 execution: Execution = DEFAULT_EXECUTION) -> None:
+                 execution: Execution = DEFAULT_EXECUTION, objective: CMSObjective = "reconstruct") -> None:
         super().__init__(execution)
         self.period = period
         self.first_order = first_order
+        self.objective = objective
         self.chunk_tokens = step_length(period)
         self.init_up = nn.Parameter(torch.randn(hidden, dim) * 0.02)  # [h, D]  meta-learned θ_0
         self.init_down = nn.Parameter(torch.randn(dim, hidden) * 0.02 / math.sqrt(2 * n_layers))  # [D, h]
         self.b_up = nn.Parameter(torch.zeros(hidden))
         self.b_down = nn.Parameter(torch.zeros(dim))
         self.W_value = nn.Linear(dim, dim, bias=False)
-        with torch.no_grad():  # the level is first asked to reproduce its input
-            self.W_value.weight.copy_(torch.eye(dim))
+        if objective == "reconstruct":
+            with torch.no_grad():  # the level is first asked to reproduce its input
+                self.W_value.weight.copy_(torch.eye(dim))
+        else:  # "kv": a key/value association, projections away from the identity
+            self.W_key = nn.Linear(dim, dim, bias=False)
+            for lin in (self.W_value, self.W_key):
+                nn.init.normal_(lin.weight, 0.0, 1.0 / math.sqrt(dim))
         self.lr_raw = nn.Parameter(torch.tensor(math.log(math.expm1(lr_init))))  # softplus⁻¹(lr_init)
         self.hook_out = HookPoint()  # [B, T, D]   branch_ℓ, what the level adds
 
@@ -74,16 +87,19 @@ class CMSLevel(FastMemory):
         lr = F.softplus(self.lr_raw)
         S = self.chunk_tokens
         chunks = [(xs.shape[1], (xs, vs, lr)) for xs, vs in zip(x.split(S, dim=1), values.split(S, dim=1))]
+        if self.objective == "kv":  # the keys ride along as the step's last argument
+            chunks = [(n, (*args, ks)) for (n, args), ks in zip(chunks, self.W_key(x).split(S, dim=1))]
         branches, (up, down) = self.run_chunks((state.up, state.down), chunks, state.pos)
         return self.hook_out(torch.cat(branches, dim=1)), CMSLevelState(up, down, state.pos + x.shape[1])
 
-    def step(self, carry, x, values, lr, record: Record | None = None):
-        """A few whole blocks (Eq 71). carry: (W_up [B, h, D], W_down [B, D, h]); x, values [B, S, D].
-        -> (branch [B, S, D], the carry at the step's end)"""
+    def step(self, carry, x, values, lr, keys=None, record: Record | None = None):
+        """A few whole blocks (Eq 71). carry: (W_up [B, h, D], W_down [B, D, h]); x, values [B, S, D]; keys
+        [B, S, D] under the "kv" objective, else None (the inner loss at x). -> (branch [B, S, D], the carry at
+        the step's end)"""
         up, down = carry
         level = cms_level_reference if self.execution.impl == "reference" else cms_level
         return level(x, values, up, down, self.b_up, self.b_down, lr, self.period, self.first_order,
-                     None if record is None else functools.partial(_record_pair, record))
+                     None if record is None else functools.partial(_record_pair, record), keys=keys)
 
 
 def _record_pair(record: Record, position: int, up: torch.Tensor, down: torch.Tensor) -> None:
@@ -98,7 +114,7 @@ class ContinuumMemory(nn.Module):
         hidden = cfg.cms_hidden_mult * cfg.dim
         first_order = cfg.inner_grad == "first_order"
         self.levels = nn.ModuleList(
-            CMSLevel(cfg.dim, hidden, p, cfg.cms_lr_init, cfg.n_layers, first_order, execution)
+            CMSLevel(cfg.dim, hidden, p, cfg.cms_lr_init, cfg.n_layers, first_order, execution, cfg.cms_objective)
             for p in cfg.cms_periods
         )
         self.gate = nn.Linear(cfg.dim, len(self.levels)) if cfg.cms_combine == "gated" else None

@@ -29,8 +29,16 @@ Choices written down:
   T = 512, untrained: NaN for η ≥ 0.5).
 - inner_grad="full" differentiates through the inner gradients (second-order terms). Since the inner
   gradients are closed-form rather than autograd calls, that costs little more than first order.
-  "first_order" treats the inner-loss error signals (e, δ, σ(W2 k)) as constants, as first-order MAML does;
-  M_v, whose only role is to make targets, then gets no gradient at all.
+  "first_order" treats the inner-loss error signals (e, all of δ, σ(W2 k)) as constants, as first-order MAML
+  does; the definition shared by every layer is in hopelab.ops.memory ("First order"). M_v, whose only role is
+  to make targets, then gets no gradient at all.
+- Read index: o_t = M_memory,t(q_t) reads the state *after* token t's own write, where Eq 83/94 print
+  M_memory,t−1(q_t). Both are causal (the write at t uses only tokens ≤ t); reading after the write lets a token
+  retrieve what it just stored, as DeltaNet and the chunked Titans do, and makes the chunk's reads one masked
+  product (hopelab.ops.dgd, `dgd_read`).
+- DGD fixed point: Eq 88 combines the L2 inner gradient (M k − v̂) kᵀ with the (α I − η k kᵀ) factor, so the
+  M k kᵀ term is counted twice: writing the same (k, v̂) again and again with α = 1 converges to M k = v̂/2, not
+  v̂ (the plain delta rule, without the factor, converges to v̂). Eq 88/93 as printed; see hopelab.ops.dgd.
 """
 
 from __future__ import annotations
@@ -288,14 +296,16 @@ class SelfReferentialTitans(FastMemory):
         log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
         if cfg.chunk_grad == "mean":  # one DGD step of size η on the chunk's mean loss: η_t/C per token
             eta_w = eta_w / C
-        if cfg.inner_grad == "first_order":
+        first_order = cfg.inner_grad == "first_order"  # what is detached: hopelab.ops.memory, "First order"
+        if first_order:
             error = error.detach()
-            pre_k = pre_k.detach() if pre_k is not None else None
             hidden_k = hidden_k.detach() if hidden_k is not None else None
         reference = self.execution.impl == "reference"
         if cfg.memory == "mlp":
             W1, W2 = weights
             delta = mlp_memory_inner_grad(W1, pre_k, error)  # [B, H, M, n, h]  ∇W2 = δ kᵀ
+            if first_order:  # all of δ = σ'(W2 k) ⊙ (W1ᵀ e), the W1 that multiplies e included
+                delta = delta.detach()
             args = (W1, W2, k, q, hidden_k, error, delta, eta_w, log_alpha_w)
             if reference:
                 o, W1, W2 = dgd_mlp_memory_chunk_reference(*args)

@@ -149,7 +149,7 @@ class TitansMemory(FastMemory):
         if cfg.chunk_grad == "mean":  # as in HOPE: average the chunk's gradients taken at one state
             error = error / C
         delta = mlp_memory_inner_grad(W1, pre_k, error)  # [B, H, n, h]
-        if cfg.inner_grad == "first_order":
+        if cfg.inner_grad == "first_order":  # hopelab.ops.memory, "First order": e, all of δ and σ(W2 k)
             error, delta, hidden_k = error.detach(), delta.detach(), hidden_k.detach()
         step = lr * -torch.expm1(log_beta)  # θ_t (1 − β_t): the momentum is an average of gradients
         p, W2, S2 = chunk_op(W2, S2, k, delta, step, log_beta, log_keep, q)  # p_t = W2_t q_t

@@ -3,12 +3,14 @@
 A level is an MLP f(x) = x + W_down σ(W_up x + b_up) + b_down whose weights (W_up, W_down) are fast weights
 that update in context, every C tokens of the sequence (Eq 71):
 
-    θ_{i+1} = θ_i − η Σ_{t ∈ block} (1/C) ∇L(θ_i; x_t)   if the block ending at token i is complete, else θ_i
+    θ_{i+1} = θ_i − η Σ_{t ∈ block} (1/C) ∇L(θ_i; k_t)   if the block ending at token i is complete, else θ_i
 
-with the level's local objective L(θ; x_t) = ½ ‖f_θ(x_t) − v_t‖², v_t a learned (static) value projection of
-the level's input. Tokens of a block are read with the state reached at the block's start, so the level is
-causal: a token never sees a write made from itself or a later token. The initial state θ_0 is a parameter
-(meta-learned across sequences); the outer loss differentiates through every update.
+with the level's local objective L(θ; k_t) = ½ ‖f_θ(k_t) − v_t‖², v_t a learned (static) value projection of
+the level's input and k_t its key: the input x_t itself (the layer's objective "reconstruct") or a learned key
+projection ("kv"); the level is always read at x_t (Eq 70). Tokens of a block are read with the state reached
+at the block's start, so the level is causal: a token never sees a write made from itself or a later token.
+The initial state θ_0 is a parameter (meta-learned across sequences); the outer loss differentiates through
+every update.
 We average the block's gradients (η/C instead of η) so that η means the same at every period.
 
 Fast path: `cms_level` computes the blocks of a stretch of tokens in dual form, without materialising the
@@ -32,22 +34,25 @@ def _branch(x, up, down, b_up, b_down):
 
 
 def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
-    """Mean over the block of ∇_{W_up}, ∇_{W_down} of ½‖x + branch − v‖²."""
+    """Mean over the block of ∇_{W_up}, ∇_{W_down} of ½‖x + branch − v‖², x the keys the branch was taken at.
+    first_order: e, δ and σ(a) are constants (hopelab.ops.memory, "First order"); the keys x stay differentiable."""
     n = x.shape[-2]
     err = x + branch - values  # [B, n, D]   e_t = f(x_t) − v_t
     if first_order:
-        err, pre, hidden, x_in = err.detach(), pre.detach(), hidden.detach(), x.detach()
-    else:
-        x_in = x
+        err, pre, hidden = err.detach(), pre.detach(), hidden.detach()
     g_down = err.transpose(-1, -2) @ hidden / n  # [B, D, h]   Σ e_t u_tᵀ / n
     delta = act_grad_times(err @ down, pre)  # [B, n, h]   σ'(a) ⊙ W_downᵀ e
-    g_up = delta.transpose(-1, -2) @ x_in / n  # [B, h, D]   Σ δ_t x_tᵀ / n
+    if first_order:  # W_down, which multiplies e, as well
+        delta = delta.detach()
+    g_up = delta.transpose(-1, -2) @ x / n  # [B, h, D]   Σ δ_t x_tᵀ / n
     return g_up, g_down
 
 
-def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None):
+def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None,
+              keys=None):
     """Dual form over all of x (the layer calls it once per step of step_length(period) tokens).
-    x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h].
+    x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h]; keys [B, T, D] where the inner loss
+    is taken (None: at x itself).
 
     Returns (branch [B, T, D], (up, down) after the last complete block [B, h, D], [B, D, h]).
     `record(position, up, down)` is called after each update when given.
@@ -61,15 +66,21 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
         branch_j = U_j W_down,0ᵀ + b_down − s (U_j U_{<j}ᵀ) E_{<j}
         E_j W_down,j = E_j W_down,0 − s (E_j E_{<j}ᵀ) U_{<j}
     Same math as the reference; O(T²) inner products instead of one [h, D] weight pair per block.
+    With separate keys K, the errors and Δ are taken at K (a, U and the branch again, with K_j in place of X_j)
+    and the histories X_{<j}, U_{<j} are those of the keys.
     """
     T = x.shape[1]
     step_size = lr / period  # the block's gradients are averaged (Eq 71 with η/C)
-    residual = x - values  # [B, T, D]   e_t = branch_t + (x_t − v_t)
-    x_hist = x.detach() if first_order else x  # the inputs as they enter the updates
+    separate_keys = keys is not None
+    keys = x if keys is None else keys  # [B, T, D]   where the inner loss is taken
+    residual = keys - values  # [B, T, D]   e_t = branch(k_t) + (k_t − v_t)
     # per-block views by split, not slicing: one gradient concatenation instead of a zero-filled full-size
     # gradient per block
     pre_init = (torch.matmul(x, up.transpose(-1, -2)) + b_up).split(period, dim=1)  # [B, n, h]  a_t under W_up,0
-    gram = torch.matmul(x, x_hist.transpose(-1, -2)).split(period, dim=1)  # [B, n, T]   x_t · x_s
+    gram = torch.matmul(x, keys.transpose(-1, -2)).split(period, dim=1)  # [B, n, T]   x_t · k_s
+    if separate_keys:
+        key_pre_init = (torch.matmul(keys, up.transpose(-1, -2)) + b_up).split(period, dim=1)  # [B, n, h]
+        key_gram = torch.matmul(keys, keys.transpose(-1, -2)).split(period, dim=1)  # [B, n, T]   k_t · k_s
     residual = residual.split(period, dim=1)  # [B, n, D]
     outs = []
     # histories of the complete blocks so far, the step size folded in: s Δ_{<j} [B, t, h], s E_{<j} [B, t, D], U_{<j}
@@ -86,21 +97,31 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
         outs.append(branch)
         if end - start < period:  # Eq 71: only a complete block updates
             break
+        if separate_keys:  # the branch again, at the keys
+            pre = key_pre_init[j]  # [B, n, h]
+            if start:
+                pre = torch.baddbmm(pre, key_gram[j][..., :start], s_deltas, alpha=-1)
+            hidden = act(pre)  # [B, n, h]
+            branch = torch.matmul(hidden, down.transpose(-1, -2)) + b_down  # [B, n, D]
+            if start:
+                branch = torch.baddbmm(branch, hidden @ hiddens.transpose(-1, -2), s_errs, alpha=-1)
         err = branch + residual[j]  # [B, n, D]   E_j
-        if first_order:
+        if first_order:  # hopelab.ops.memory, "First order"
             err, pre, hidden = err.detach(), pre.detach(), hidden.detach()
         err_down = torch.matmul(err, down)  # [B, n, h]   E_j W_down,0 ...
         if start:  # ... − s (E_j E_{<j}ᵀ) U_{<j} = E_j W_down,j
             err_down = torch.baddbmm(err_down, err @ s_errs.transpose(-1, -2), hiddens, alpha=-1)
         delta = act_grad_times(err_down, pre)  # [B, n, h]   Δ_j = σ'(a_j) ⊙ E_j W_down,j
+        if first_order:  # W_down,j, which multiplies E_j, as well
+            delta = delta.detach()
         s_delta, s_err = step_size * delta, step_size * err
         s_deltas = s_delta if s_deltas is None else torch.cat([s_deltas, s_delta], dim=1)
         s_errs = s_err if s_errs is None else torch.cat([s_errs, s_err], dim=1)
         hiddens = hidden if hiddens is None else torch.cat([hiddens, hidden], dim=1)
         if record is not None:
-            record(end, *_cms_state(up, down, s_deltas, s_errs, hiddens, x_hist[:, :end]))
+            record(end, *_cms_state(up, down, s_deltas, s_errs, hiddens, keys[:, :end]))
     new_state = (up, down) if hiddens is None else _cms_state(up, down, s_deltas, s_errs, hiddens,
-                                                              x_hist[:, : hiddens.shape[1]])
+                                                              keys[:, : hiddens.shape[1]])
     return torch.cat(outs, dim=1), new_state
 
 
@@ -117,7 +138,8 @@ def _cms_state(up, down, s_deltas, s_errs, hiddens, inputs):
     return up - s_deltas.transpose(-1, -2) @ inputs, down - s_errs.transpose(-1, -2) @ hiddens
 
 
-def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None):
+def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None,
+                        keys=None):
     """Token by token, Eq 71 literally: accumulate ∇L over the block, apply it when i ≡ 0 (mod C).
     `record(position, up, down)` is called after each update when given."""
     T = x.shape[1]
@@ -125,8 +147,11 @@ def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, firs
     acc_up, acc_down = 0.0, 0.0
     for t in range(T):
         xt, vt = x[:, t : t + 1], values[:, t : t + 1]  # [B, 1, D]
-        branch, pre, hidden = _branch(xt, up, down, b_up, b_down)
+        branch, pre, hidden = _branch(xt, up, down, b_up, b_down)  # the read at x_t
         outs.append(branch)
+        if keys is not None:  # the inner loss at k_t
+            xt = keys[:, t : t + 1]  # [B, 1, D]
+            branch, pre, hidden = _branch(xt, up, down, b_up, b_down)
         g_up, g_down = _block_grads(xt, vt, branch, pre, hidden, down, first_order)
         acc_up, acc_down = acc_up + g_up, acc_down + g_down
         if (t + 1) % period == 0:

@@ -9,6 +9,15 @@ where g_t k_tᵀ = ∇L_t(S_0) is the inner-loss gradient taken at the chunk-sta
 w.r.t. the chunk-start state, so all of them are computed in parallel), λ_t = η_t for the weight that
 multiplies the key (the DGD preconditioner), and λ_t = 0 for a weight that only decays.
 
+Fixed point: with the L2 inner gradient g_t k_tᵀ = (S k_t − v̂_t) k_tᵀ (Eq 93), the update counts the S k kᵀ
+term twice, once in the preconditioner and once in the gradient. For a unit key and α = 1,
+    S_t k = S_{t-1} k − η S_{t-1} k − η (S_{t-1} k − v̂) = (1 − 2η) S_{t-1} k + η v̂,
+so writing the same (k, v̂) again and again converges to S k = v̂/2, not v̂; the plain delta rule (λ = 0)
+converges to v̂. We keep Eq 88/93 as printed: Eq 57's update form, S (I − η k kᵀ) − η ∇_y L ⊗ k, with the L2
+inner error (S k − v̂) in the place of ∇_y L. (Solving Eq 56 with v̂ itself as the regression target gives
+S (I − η' k kᵀ) + η' v̂ kᵀ, η' = η/(1 + η), whose fixed point is S k = v̂.) Pinned by
+tests/test_mechanisms.py::test_dgd_fixed_point_is_half_the_value.
+
 Causality: read_t includes the writes of tokens s ≤ t of the chunk and never s > t. Eq 90 as written
 indexes the state at C⌈t/C⌉, the chunk *end*; taken literally that leaks future tokens into earlier reads.
 

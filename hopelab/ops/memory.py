@@ -11,6 +11,20 @@ with gradients that are rank one per token:
     linear:  ∇_{W}  L_t = e_t k_tᵀ
 The target v̂_t is a constant of the inner problem (it is what the memory is asked to store); the outer loss
 still differentiates through it. All shapes carry arbitrary leading batch dims `...`.
+
+First order (`ModelConfig.inner_grad="first_order"`), one definition for every fast-memory layer (self-referential
+Titans, the Titans baseline, each CMS level, whose inner loss has the same form with W_up, W_down in place of
+W2, W1): the factors of the inner gradient that are computed from the memory being written are constants of
+the outer backward (detached):
+    the error      e_t = M(k_t) − v̂_t                 (so nothing reaches k_t, v̂_t or the weights through e_t)
+    all of δ_t     = σ'(W2 k_t) ⊙ (W1ᵀ e_t)          (σ'(W2 k_t) and W1 as well as e_t)
+    the MLP's hidden keys u_t = σ(W2 k_t)
+i.e. the outer loss never differentiates the inner gradient with respect to the memory's weights (the
+second-order terms first-order MAML drops), nor through the targets (a memory whose only role is to make
+targets, M_v, then learns nothing). What stays differentiable: the memory's inputs where they enter the
+update (the keys k_t of ∇L = g_t k_tᵀ and of the DGD preconditioner (α I − η k kᵀ), a CMS level's inputs
+x_t), the step sizes η_t and decays α_t, the state carried through each update, and every read.
+"full" (the default) differentiates through all of it.
 """
 
 from __future__ import annotations
