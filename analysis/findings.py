@@ -305,7 +305,14 @@ def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
 
 
 def compute_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
+    """A recall study (runs on synthetic MQAR) is judged by recall accuracy, any other by the final loss."""
+    from analysis.recall import recall_findings  # it builds Claims: imported here, not at the top
+
     scales = scales or study.scales
+    recall = recall_findings(study, scales)
+    if recall:
+        out = [*recall, _failures(study, scales), _gradflow(study, scales)]
+        return [f for f in out if f is not None]
     ab = ablation_summary(study, scales)
     out = [
         _ablation_finding(ab, scales, "hope_no_selfmod"),
