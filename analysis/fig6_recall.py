@@ -94,6 +94,7 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
         f"guessing among the sequence's values; dashed: {SOLVED:.0%}, the capacity threshold. "
         f"({chr(ord('a') + len(groups))}) accuracy against the distance from the query back to its key, in "
         f"power-of-two buckets, at {pairs_b} pairs (where the variants' means differ most); error bars min–max over "
-        f"seeds. Seeds per cell: {', '.join(map(str, n_seeds))}."
+        f"seeds. Seeds per cell: {', '.join(map(str, n_seeds))}; the probe batch holds batch-size sequences, each "
+        "with one answer per query."
     )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)

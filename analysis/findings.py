@@ -304,6 +304,13 @@ def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
     return Claim("gradient flow", "Gradient flow at the last probed step: " + "; ".join(items) + ".")
 
 
+def finding_thresholds(findings: list[Claim]) -> list[str]:
+    """The thresholds behind the wording of these findings (a recall study's are about accuracy)."""
+    from analysis.recall import THRESHOLDS as RECALL_THRESHOLDS
+
+    return RECALL_THRESHOLDS if any(f.topic.startswith("recall") for f in findings) else THRESHOLDS
+
+
 def compute_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
     """A recall study (runs on synthetic MQAR) is judged by recall accuracy, any other by the final loss."""
     from analysis.recall import recall_findings  # it builds Claims: imported here, not at the top

@@ -42,6 +42,13 @@ def _task(data) -> dict | None:
     return {"task": task.name, "pairs": getattr(task, "pairs", None), "length": task.len}
 
 
+def is_recall_study(study: StudyResults) -> bool:
+    """Every run trained on a synthetic task: its final losses are answer losses on different tasks, so the
+    loss-based ablation (Table 1, Figure 4) does not apply; Table 3 and Figure 6 do."""
+    data = study.runs["data"]
+    return bool(len(data)) and all(isinstance(d, str) and is_synthetic(d) for d in data)
+
+
 def recall_probe_rows(study: StudyResults, scale: str) -> pd.DataFrame:
     p = study.probes
     return p[(p["scale"] == scale) & (p["probe"] == "recall")]
@@ -173,8 +180,13 @@ def recall_findings(study: StudyResults, scales: list[str]) -> list[Claim]:
                 got = f"{int(r['capacity'])} pairs" if not pd.isna(r["capacity"]) else (
                     f"none (best {100 * r['best']:.0f}% at {r['best_pairs']} pairs)")
                 items.append(f"{display_name(r['variant'])} {got}")
-            parts.append(f"at {scale}, len {length}, dim {dim} (pairs tested {g['tested'].iloc[0]}): "
-                         + ", ".join(items))
+            text = f"at {scale}, len {length}, dim {dim} (pairs tested {g['tested'].iloc[0]}): " + ", ".join(items)
+            cells = recall_cells(runs[(runs["length"] == length) & (runs["dim"] == dim)])
+            below = [v for v, c in cells.groupby("variant") if (c["mean"] < 1 / c["pairs"]).all()]
+            if below:  # 1/pairs: guessing among the sequence's own values
+                text += (" — below 1/pairs (the accuracy of guessing among the sequence's own values) at every "
+                         "number of pairs tested: " + ", ".join(display_name(v) for v in variant_order(below)))
+            parts.append(text)
         out.append(claim("recall capacity", f"Recall capacity (largest pairs at ≥ {SOLVED:.0%} accuracy): ",
                          parts))
         if "hope" in set(runs["variant"]):
