@@ -101,7 +101,8 @@ def _tokens(n: int) -> str:
 
 
 def _overrides_text(run: PlannedRun) -> str:
-    ov = {**run.spec.model_overrides, **run.spec.train_overrides}
+    ov = {**({"data": run.cell.data} if run.cell.data else {}), **run.spec.model_overrides,
+          **run.spec.train_overrides}
     return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in ov.items()) or "-"
 
 
