@@ -3,9 +3,14 @@
 Every variant is trained on multi-query associative recall (hopelab.data.synthetic: key-value pairs, then
 queries of earlier keys at power-law distances; loss and accuracy on the answers only) at a growing number of
 pairs. The recall probe measures exact-match accuracy on a held-out batch, overall and by distance back to the
-key; the report draws accuracy against pairs (Figure 6) and the capacity per variant (Table 3). Sized for a
-2-core CPU: about an hour with --jobs 2 (`recall_quick` is the ten-minute version). On a GPU, add pairs 32 and
-64 at len 256 and a second width.
+key; the report draws accuracy against pairs (Figure 6) and the capacity per variant (Table 3).
+
+Sizing (2-core CPU, --jobs 2): the memory variants learn MQAR slowly (Titans at 2 pairs, len 32: 5% accuracy
+at step 375, 47% at step 1000), so runs need ~1000 steps; the quick set (12 runs x 300 steps, len 32) took
+16 min summed over runs on a CPU shared with other jobs, 0.27 s a run-step, hope-type variants 2-3x Titans and
+~10x the Transformer. 36 runs x 800 steps at len 64 is then about an hour on two cores. len 64 rather than 32:
+the slow CMS level (period 32) must update inside a sequence to be trained at all. On a GPU, add pairs 16-64
+at len 256 and a second width.
 """
 
 from hopelab.study import Cell, Study
@@ -31,9 +36,9 @@ def recall_cells(pairs: tuple[int, ...], lengths: tuple[int, ...], widths: tuple
 
 STUDY = Study(
     name="recall",
-    description="every variant on synthetic MQAR at 2-16 key-value pairs: recall accuracy and capacity",
+    description="every variant on synthetic MQAR at 2, 4 and 8 key-value pairs: recall accuracy and capacity",
     reference="zoology's MQAR; the dissection study has no recall measurement",
-    cells=recall_cells(pairs=(2, 4, 8, 16), lengths=(64,), widths=(64,), steps=600, ckpt_every=100),
+    cells=recall_cells(pairs=(2, 4, 8), lengths=(64,), widths=(64,), steps=800, ckpt_every=200),
     scales=("tiny",),
     seeds=2,
 )
