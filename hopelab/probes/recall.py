@@ -54,7 +54,7 @@ def recall_rows(logits: torch.Tensor, y: torch.Tensor, distances: torch.Tensor) 
     if n == 0:
         return []
     correct = (logits.argmax(-1) == y) & answer  # [B, T]
-    loss = F.cross_entropy(logits[answer].float(), y[answer])
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)  # no [n, V] copy
     rows = [
         {"metric": "accuracy", "value": float(correct.sum()) / n},
         {"metric": "answers", "value": float(n)},
