@@ -76,14 +76,6 @@ def _span(runs: pd.DataFrame) -> str:
     return f"; first start {start:%Y-%m-%d %H:%M} UTC, last end {end:%Y-%m-%d %H:%M} UTC"
 
 
-def _shown(path: Path) -> str:
-    """A path as the report prints it: relative to the working directory when inside it (no machine paths)."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def setup_lines(study: StudyResults, command: str | None) -> list[str]:
     runs = study.runs
     lines = []
@@ -93,7 +85,7 @@ def setup_lines(study: StudyResults, command: str | None) -> list[str]:
     if commands:
         label = "Study command" if len(commands) == 1 else "Study commands"
         lines.append(f"- **{label}:** " + "; ".join(f"`{c}`" for c in commands))
-    lines.append(f"- **Study:** `{study.name}` at `{_shown(study.root)}`"
+    lines.append(f"- **Study:** `{study.name}` at `{study.root}`"
                  + (f" (study.json updated {study.meta['updated']})" if study.meta.get("updated") else ""))
     for scale in study.scales:
         r = study.runs_at(scale)
