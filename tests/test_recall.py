@@ -241,3 +241,18 @@ def test_a_small_transformer_learns_an_easy_recall_task(tmp_path):
 
     assert accuracy(0) < 0.1
     assert accuracy(100) >= 0.9
+
+
+def test_the_surprise_probe_takes_cross_entropy_quantiles_over_answer_positions_only():
+    from hopelab.config import ModelConfig
+    from hopelab.models import build_model
+    from hopelab.probes.forward import ProbeStep
+    from hopelab.probes.surprise import SurpriseProbe
+
+    torch.manual_seed(0)
+    model = build_model("transformer", ModelConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, context_len=32))
+    batch = prepare("synthetic:mqar?pairs=4&len=32&vocab=32").sampler("val", 32, 4).batch(0)
+    rows = {r["metric"]: r["value"] for r in SurpriseProbe().collect(ProbeStep(model, 0, batch))}
+    with torch.no_grad():
+        want = lm_loss(model(batch[0]), batch[1])  # the mean over the 16 answers
+    assert rows["ce_mean"] == pytest.approx(float(want), rel=1e-5) and rows["ce_min"] > 0
