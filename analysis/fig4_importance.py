@@ -13,6 +13,7 @@ import numpy as np
 
 from analysis.artifacts import FigureOut, Skipped
 from analysis.load import StudyResults
+from analysis.recall import is_recall_study
 from analysis.stats import CONFIDENCE, PAIRED, losses_by_seed
 from analysis.style import (
     DPI,
@@ -38,6 +39,9 @@ def _err(r) -> float:
 
 def render_all(study: StudyResults, out_dir: Path, scales: list[str], dpi: int = DPI) -> FigureOut | Skipped:
     """One figure across every scale."""
+    if is_recall_study(study):
+        return Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "a recall study: its losses are on different tasks "
+                       "(Table 3 and Figure 6 compare the variants)")
     data = ablation_summary(study, scales)
     if data.empty or not data["reference"].any():
         return Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no Full HOPE run to compare against")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped, TableOut, markdown_table
-from analysis.findings import THRESHOLDS, compute_findings, fmt_count
+from analysis.findings import compute_findings, finding_thresholds, fmt_count
 from analysis.load import StudyResults, failure_label
 from analysis.registry import FIGURES, TABLES, FigureSpec
 from analysis.style import DPI
@@ -148,7 +148,7 @@ def write_readme(study: StudyResults, out: Path, figures: list, tables: list, co
     findings = compute_findings(study)
     md += [f"- {f.text}" for f in findings] or ["- No finished runs to draw findings from."]
     md += ["", "<details><summary>Thresholds used for the wording</summary>", ""]
-    md += [f"- {t}" for t in THRESHOLDS] + ["", "</details>", "", "## Tables", ""]
+    md += [f"- {t}" for t in finding_thresholds(findings)] + ["", "</details>", "", "## Tables", ""]
     for t in tables:
         if isinstance(t, TableOut):
             links = " · ".join(f"[{p.suffix[1:]}]({p.relative_to(out).as_posix()})" for p in t.paths)

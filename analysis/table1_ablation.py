@@ -11,6 +11,7 @@ import math
 
 from analysis.artifacts import Skipped, TableOut, bold, latex_table, markdown_table
 from analysis.load import StudyResults
+from analysis.recall import is_recall_study
 from analysis.stats import CONFIDENCE, NO_TEST, PAIRED, WELCH, fmt_p, fmt_pm
 from analysis.style import display_name
 from analysis.summary import ablation_summary
@@ -32,6 +33,9 @@ def _steps_text(study: StudyResults, scales: list[str]) -> str:
 
 def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Skipped:
     scales = scales or study.scales
+    if is_recall_study(study):
+        return Skipped(NUMBER, f"Table {NUMBER} ({TITLE})", "a recall study: its losses are on different tasks "
+                       "(Table 3 and Figure 6 compare the variants)")
     data = ablation_summary(study, scales)
     if data.empty:
         return Skipped(NUMBER, f"Table {NUMBER} ({TITLE})", "no runs to compare")

@@ -32,14 +32,14 @@ PROBE_SCHEMA = pa.schema(
     [
         *_RUN_STEP_COLUMNS,
         ("tokens", pa.int64()),  # training tokens seen at this step
-        ("probe", pa.string()),  # cms | selfmod | surprise | gradflow
+        ("probe", pa.string()),  # cms | selfmod | surprise | gradflow | recall
         ("metric", pa.string()),
         ("layer", pa.int64()),
         ("component", pa.string()),  # k, v, q, eta, alpha, memory; or a parameter group
         ("level", pa.int64()),  # CMS level index
         ("level_other", pa.int64()),  # the other level of a pair (cos_sim)
         ("param", pa.string()),  # parameter name (gradflow)
-        ("position", pa.int64()),  # token position within the probe sequence (chunk end)
+        ("position", pa.int64()),  # token position within the probe sequence (chunk end); recall: distance bucket
         ("threshold", pa.float64()),  # surprise-gate threshold of a gate_pass_rate row
         ("value", pa.float64()),
     ]

@@ -225,7 +225,8 @@ def test_a_sweep_study_without_untagged_hope_uses_the_default_threshold_as_refer
                                  sweep=(0.005, 0.02, 0.05), failed=None, overrides={"dim": 32})
     study = load_results(root)
     assert reference_run_name(study, "tiny") == "hope-tau0.02"  # its only own override is the default τ
-    t1, t2 = render_tables(study, tmp_path / "tables")
+    t1, t2, t3 = render_tables(study, tmp_path / "tables")
+    assert isinstance(t3, Skipped)  # recall capacity: no run on a synthetic task
     assert list(t1.data["run_name"]) == ["hope-tau0.02", "hope_no_surprise"] and t1.data["reference"].iloc[0]
     assert list(t2.data["run_name"]) == ["hope-tau0.005", "hope-tau0.02", "hope-tau0.05", "hope_no_surprise"]
     assert "0.02 (default)" in t2.markdown and "| gate off |" in t2.markdown

@@ -291,7 +291,7 @@ def test_probes_on_every_variant(tmp_path, variant):
     probe_at_step5(callback, module)
     assert callback.errors == []
     written = {p.name.split("-step")[0] for p in (tmp_path / "probes").glob("*.parquet")}
-    assert written == EXPECTED[variant] | {"gradflow"}
+    assert written == EXPECTED[variant] | {"gradflow", "recall"}  # recall: every token of a corpus batch
     for probe in written:  # rows fit PROBE_SCHEMA, with the run's labels
         rows = read_rows(tmp_path, probe)
         assert rows and all(r["probe"] == probe and r["step"] == 5 and r["tokens"] == 5 * 96 for r in rows)

@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from hopelab.cli.options import CompileOpt, RecomputeOpt, SeedsOpt, StepsOpt, StudyNameArg, StudyScalesOpt, StudySetOpt
 from hopelab.config import parse_set_options
+from hopelab.data.synthetic import is_synthetic
 from hopelab.errors import CommandFailed, UserError
 from hopelab.run import STATUS_DONE, STATUS_FAILED, RunDir
 from hopelab.study.loader import LoadedStudy, builtin_names, load_study
@@ -100,7 +101,8 @@ def _tokens(n: int) -> str:
 
 
 def _overrides_text(run: PlannedRun) -> str:
-    ov = {**run.spec.model_overrides, **run.spec.train_overrides}
+    ov = {**({"data": run.cell.data} if run.cell.data else {}), **run.spec.model_overrides,
+          **run.spec.train_overrides}
     return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in ov.items()) or "-"
 
 
@@ -188,7 +190,8 @@ def run_cmd(
     ] = "runs",
     data: Annotated[
         str | None,
-        typer.Option("--data", metavar="PATH", help="corpus: .txt/.jsonl/.parquet or a directory; default: embedded"),
+        typer.Option("--data", metavar="PATH", help="corpus: .txt/.jsonl/.parquet or a directory, or a synthetic "
+                     "task synthetic:TASK?...; default: embedded (cells that name their own data keep it)"),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="runs trained in parallel processes")] = 1,
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
@@ -216,7 +219,7 @@ def run_cmd(
     """
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    if data is not None and not Path(data).exists():
+    if data is not None and not is_synthetic(data) and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
     parse_shard(shard)
     loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_,
@@ -242,7 +245,7 @@ def run_cmd(
     console.print(f"study directory: {root}")
     states = [r.dir.state() for r in mine]
     todo = [r for r, st in zip(mine, states) if not st.final]
-    _print_corpus_note(console, todo, data)
+    _print_corpus_note(console, todo)
     definition = {
         **loaded.study.to_dict(), "source": loaded.source, "source_sha256": loaded.sha256, "source_text": loaded.text
     }
@@ -297,33 +300,38 @@ def _command_line(ctx: typer.Context, name: str) -> str:
     return shlex.join(parts)
 
 
-def _print_corpus_note(console, runs: list[PlannedRun], data: str | None) -> None:
-    """Prepare (tokenize, cache) the corpus once, and say how many epochs of it each run repeats."""
+def _print_corpus_note(console, runs: list[PlannedRun]) -> None:
+    """Prepare (tokenize, cache) each corpus once, and say how many epochs of it each run repeats."""
     from hopelab.data import prepare
 
-    repeats = False
-    for (tokenizer, vocab_size), group in _by_tokenizer(runs).items():
+    repeats = embedded = False
+    synthetic = sorted({r.spec.data for r in runs if is_synthetic(r.spec.data)})
+    if synthetic:
+        console.print(f"data: {len(synthetic)} synthetic task(s), fresh sequences every step, e.g. {synthetic[0]}")
+    runs = [r for r in runs if not is_synthetic(r.spec.data)]
+    for (data, tokenizer, vocab_size), group in _by_tokenizer(runs).items():
         prepared = prepare(corpus=data, tokenizer=tokenizer, vocab_size=vocab_size, progress=True)
         train_tokens = int(prepared.meta["train_tokens"])
         most = max(r.tokens for r in group)
         epochs = most / max(train_tokens, 1)
         repeats |= epochs > 1
+        embedded |= data is None
         style = "yellow" if epochs > 1 else "default"
         console.print(
             f"data: {prepared.meta.get('corpus', data)}, {tokenizer} tokens: {_tokens(train_tokens)} train tokens; "
             f"a run of {_tokens(most)} tokens repeats it [{style}]{epochs:.3g} epochs[/]"
         )
-    if repeats and data is None:
+    if repeats and embedded:
         console.print(
             "[yellow]the embedded corpus is small, so runs see it several times (the dissection study trained "
             "on OpenWebText); pass --data PATH for a larger corpus[/]"
         )
 
 
-def _by_tokenizer(runs: list[PlannedRun]) -> dict[tuple[str, int], list[PlannedRun]]:
-    groups: dict[tuple[str, int], list[PlannedRun]] = {}
+def _by_tokenizer(runs: list[PlannedRun]) -> dict[tuple[str | None, str, int], list[PlannedRun]]:
+    groups: dict[tuple[str | None, str, int], list[PlannedRun]] = {}
     for r in runs:
-        groups.setdefault((r.tokenizer, r.vocab_size), []).append(r)
+        groups.setdefault((r.spec.data, r.tokenizer, r.vocab_size), []).append(r)
     return groups
 
 

@@ -16,8 +16,9 @@ def train_command(
     scale: Annotated[str, typer.Option("--scale", help="tiny, small or scaled")] = "tiny",
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps [default: the scale's]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and of the batch order")] = 0,
-    data: Annotated[str | None, typer.Option("--data", help="A corpus file or directory [default: the embedded "
-                                                "Wikipedia sample]")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="A corpus file or directory, or a synthetic task like "
+                                                "'synthetic:mqar?pairs=16&len=128' (hopelab.data.synthetic) "
+                                                "[default: the embedded Wikipedia sample]")] = None,
     out: Annotated[str, typer.Option("--out", help="Root of all run directories")] = "runs",
     study: Annotated[str, typer.Option("--study", help="Study name (the run lives in "
                                        "<out>/<study>/<scale>/...)")] = "adhoc",

@@ -3,6 +3,7 @@
     from hopelab.data import get_tokenizer, prepare, BatchSampler, PreparedData
     tok = get_tokenizer("gpt2")                       # or get_tokenizer("bpe", vocab_size=8192, corpus=None)
     data = prepare(corpus=None, tokenizer="bpe", vocab_size=8192)
+    data = prepare("synthetic:mqar?pairs=16&len=128")   # a generated recall task (hopelab.data.synthetic)
     sampler = BatchSampler(data.train, context_len=128, batch_size=16, seed=0)
     x, y = sampler.batch(step)                        # a pure function of (seed, step)
 

@@ -31,6 +31,7 @@ import hopelab
 from hopelab.data.cache import cache_root, digest, locked
 from hopelab.data.corpus import Corpus, resolve_corpus
 from hopelab.data.progress import progress_bar
+from hopelab.data.synthetic import SyntheticData, is_synthetic, synthetic_data
 from hopelab.data.tokenizer import Tokenizer, check_tokenizer_args, gpt2_tokenizer, trained_bpe
 from hopelab.errors import UserError
 from hopelab.records import atomic_path, write_json_atomic
@@ -81,10 +82,13 @@ def prepare(
     cache_dir: str | os.PathLike | None = None,
     text_field: str = "text",
     progress: bool = True,
-) -> PreparedData:
+) -> PreparedData | SyntheticData:
     """Tokenized train/val memmaps of `corpus` (None = the embedded Wikipedia sample), from cache if there.
 
-    For tokenizer "gpt2" the vocab size is 50257 whatever `vocab_size` says."""
+    For tokenizer "gpt2" the vocab size is 50257 whatever `vocab_size` says. A corpus "synthetic:TASK?..."
+    is a generated task (hopelab.data.synthetic): nothing is tokenized or cached, the tokenizer is unused."""
+    if is_synthetic(corpus):
+        return synthetic_data(corpus)
     vocab_size = check_tokenizer_args(tokenizer, vocab_size)
     root = cache_root(cache_dir)
     source = resolve_corpus(corpus, text_field, root)

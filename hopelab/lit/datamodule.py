@@ -42,18 +42,17 @@ def _identity(batch):
 
 
 class StepDataModule(pl.LightningDataModule):
-    """Train batches from `BatchSampler(data.train, ...)`; val and probe batches are fixed lists."""
+    """Train batches from `data.sampler("train", ...)` (a corpus or a synthetic task); val and probe batches
+    are fixed lists."""
 
     def __init__(self, data, context_len: int, batch_size: int, seed: int, val_batches: int, probe_seed: int):
         super().__init__()
-        from hopelab.data import BatchSampler
-
         self.data = data
         self.batch_size = batch_size
-        self.train_sampler = BatchSampler(data.train, context_len, batch_size, seed)
+        self.train_sampler = data.sampler("train", context_len, batch_size, seed)
         # fixed held-out batches: the same for every variant and every seed of a study
-        self.val = BatchSampler(data.val, context_len, batch_size, 0).val_batches(val_batches)
-        self.probe = BatchSampler(data.val, context_len, batch_size, probe_seed).batch(0)
+        self.val = data.sampler("val", context_len, batch_size, 0).val_batches(val_batches)
+        self.probe = data.sampler("val", context_len, batch_size, probe_seed).batch(0)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import ModelConfig, TrainConfig
+from hopelab.data.synthetic import IGNORE_INDEX
 from hopelab.models import DEFAULT_EXECUTION, Execution, build_model
 
 
@@ -32,8 +33,11 @@ class NonFiniteError(RuntimeError):
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """logits [B, T, V], targets [B, T] -> mean cross-entropy (or [B*T] per token with reduction='none')."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+    """logits [B, T, V], targets [B, T] -> mean cross-entropy (or [B*T] per token with reduction='none').
+    Targets equal to IGNORE_INDEX carry no loss (0 with reduction='none') and are left out of the mean: a
+    synthetic task masks every position but its answers so (a corpus has none, every token counts)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)
 
 
 def lr_factor(step: int, train: TrainConfig) -> float:

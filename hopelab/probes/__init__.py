@@ -6,6 +6,7 @@
     selfmod   section 4.3: drift of the meta-learned initial states, fast-state drift from them
     surprise  section 4.4: surprise quantiles, gate pass rates; the LM cross-entropy apart
     gradflow  which parameters get gradient
+    recall    exact-match accuracy on the answer positions (synthetic recall tasks), overall and by distance
 
 The probe batch is drawn from val with `TrainConfig.probe_seed`, the same for every variant. Probes find
 memories through `model.memory_sites()` (hopelab.models.sites), never by module names; a variant without a
@@ -23,13 +24,15 @@ import torch
 from hopelab.probes.base import Probe, ProbeCallback, RunLabels
 from hopelab.probes.cms import CMSProbe
 from hopelab.probes.gradflow import GradFlowProbe
+from hopelab.probes.recall import RecallProbe
 from hopelab.probes.selfmod import SelfModProbe
 from hopelab.probes.surprise import SurpriseProbe
 
 if TYPE_CHECKING:
     from hopelab.lit.trainer import Schedule
 
-PROBES: dict[str, type[Probe]] = {p.name: p for p in (CMSProbe, SelfModProbe, SurpriseProbe, GradFlowProbe)}
+PROBES: dict[str, type[Probe]] = {p.name: p for p in (CMSProbe, SelfModProbe, SurpriseProbe, GradFlowProbe,
+                                                           RecallProbe)}
 
 
 def make_probes(

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hopelab.data.synthetic import IGNORE_INDEX
 from hopelab.probes.base import Probe
 from hopelab.probes.forward import ProbeStep
 
@@ -42,6 +43,7 @@ class SurpriseProbe(Probe):
         fwd = at.forward()
         rows: list[dict[str, Any]] = []
         ce = lm_loss(fwd.logits, fwd.targets, reduction="none")  # [B*T]
+        ce = ce[fwd.targets.flatten() != IGNORE_INDEX]  # a synthetic task's answer positions only
         rows += [{"metric": f"ce_{k}", "value": v} for k, v in summary_stats(ce).items()]
         configured = float(at.model.config.surprise_threshold)
         for site in at.sites:

@@ -34,11 +34,21 @@ def run_identity(spec: RunSpec, model_cfg: ModelConfig, train_cfg: TrainConfig) 
         "seed": spec.seed,
         "study": spec.study,
         "tag": spec.tag,
-        "data": os.path.abspath(spec.data) if spec.data else None,
+        "data": data_identity(spec.data),
         **{f"model.{k}": v for k, v in to_dict(model_cfg).items()},
         **{f"train.{k}": v for k, v in to_dict(train_cfg).items()},
     }
     return normalise(flat)
+
+
+def data_identity(data: str | None) -> str | None:
+    """A corpus by its absolute path; a synthetic task by its canonical spelling (parameter order and
+    defaults do not matter)."""
+    from hopelab.data.synthetic import canonical, is_synthetic, parse_synthetic
+
+    if is_synthetic(data):
+        return canonical(parse_synthetic(data))
+    return os.path.abspath(data) if data else None
 
 
 def spec_identity(spec: RunSpec | dict[str, Any]) -> dict[str, Any]:

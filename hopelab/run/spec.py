@@ -21,7 +21,7 @@ class RunSpec:
     seed: int = 0
     study: str = "adhoc"
     steps: int | None = None  # None: the scale's default
-    data: str | None = None  # user corpus path; None: the embedded Wikipedia sample
+    data: str | None = None  # corpus path or "synthetic:TASK?..." (hopelab.data.synthetic); None: embedded sample
     out: str = "runs"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -68,7 +68,7 @@ def resolve_configs(spec: RunSpec) -> tuple[ModelConfig, TrainConfig]:
 
     check_variant(spec.variant)
     scale = get_scale(spec.scale)
-    model = apply_overrides(scale.model, dict(spec.model_overrides), "model config")
+    model = apply_overrides(scale.model, {**spec.model_overrides, **data_overrides(spec.data)}, "model config")
     train_over = dict(spec.train_overrides)
     if spec.steps is not None:
         train_over["steps"] = spec.steps
@@ -79,6 +79,15 @@ def resolve_configs(spec: RunSpec) -> tuple[ModelConfig, TrainConfig]:
     check_train_config(train)
     variant_config(spec.variant, model)  # validates the variant's config early (e.g. matched width)
     return model, train
+
+
+def data_overrides(data: str | None) -> dict[str, Any]:
+    """What the data fixes in the model config before it is built: a synthetic task given `len` sets the
+    context length (the vocabulary size is set from the prepared data in train_one)."""
+    from hopelab.data.synthetic import data_context_len
+
+    context_len = data_context_len(data)
+    return {"context_len": context_len} if context_len is not None else {}
 
 
 def check_train_config(t: TrainConfig) -> None:

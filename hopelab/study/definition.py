@@ -39,6 +39,7 @@ class Cell:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
     scales: tuple[str, ...] | None = None  # None: every scale the study runs at; else only these
     note: str = ""  # one line shown by `hopelab study show`
+    data: str | None = None  # this cell's data (e.g. "synthetic:mqar?pairs=16"); None: the study's --data
 
     @property
     def run_name(self) -> str:
@@ -55,6 +56,16 @@ class Cell:
             raise UserError(f"{where}: unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
         if self.tag and not _NAME_RE.match(self.tag):
             raise UserError(f"{where}: tag {self.tag!r} must be letters, digits, '_', '.' or '-'")
+        if self.data is not None:
+            from hopelab.data.synthetic import is_synthetic, parse_synthetic
+
+            if not isinstance(self.data, str) or not is_synthetic(self.data):
+                raise UserError(f"{where}: data must be a synthetic task 'synthetic:TASK?...' (a corpus is "
+                                "given to the whole study with --data)")
+            try:
+                parse_synthetic(self.data)
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
         if self.scales is not None:
             self.scales = tuple(self.scales)
             for s in self.scales:

@@ -12,6 +12,7 @@ from typing import Any
 from hopelab.config import apply_overrides, check_scale, get_scale, split_overrides
 from hopelab.errors import UserError
 from hopelab.run import RunDir, RunSpec
+from hopelab.run.spec import data_overrides
 from hopelab.study.definition import FORBIDDEN_KEYS, Cell, Study
 
 
@@ -60,6 +61,7 @@ def plan_runs(
     """Every run of the study, in a fixed order: scale, then cell (definition order), then seed.
 
     `overrides` (flat, from `--set`) apply to every cell after the cell's own; `steps` (`--steps`) last.
+    `data` (`--data`) is the data of every cell that does not name its own (a synthetic task's cells do).
     """
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
@@ -78,8 +80,9 @@ def plan_runs(
             model_ov = {**cell.model, **set_model}
             train_ov = {**cell.train, **set_train}
             where = f"study {study.name!r}, cell {cell.run_name!r} at {scale_name}"
+            run_data = cell.data if cell.data is not None else data
             try:  # the resolved configs must be valid (e.g. dim divisible by n_heads)
-                model_cfg = apply_overrides(scale.model, model_ov, "model config")
+                model_cfg = apply_overrides(scale.model, {**model_ov, **data_overrides(run_data)}, "model config")
                 train_cfg = apply_overrides(scale.train, train_ov, "train config")
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
@@ -91,7 +94,7 @@ def plan_runs(
                     seed=seed,
                     study=study.name,
                     steps=run_steps,
-                    data=data,
+                    data=run_data,
                     out=str(out),
                     model_overrides=dict(model_ov),
                     train_overrides=dict(train_ov),
