@@ -1,0 +1,193 @@
+"""Intervention switches (hopelab.interventions): each stops exactly what it names, in the layers' own code."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hopelab.config import ModelConfig
+from hopelab.errors import UserError
+from hopelab.interventions import applicable_switches, intervention, switched
+from hopelab.layers.fast_memory import Intervention, with_intervention
+from hopelab.models import Execution, build_model, trace_fast_states
+
+DT = torch.float64
+V = 50
+CFG = ModelConfig(vocab_size=V, dim=16, n_layers=2, n_heads=2, context_len=32, chunk_size=4, cms_periods=(4, 8))
+MIXER = ("k", "v", "eta", "alpha", "q", "memory")
+
+
+def make(variant="hope", execution=Execution(), **overrides):
+    torch.manual_seed(0)
+    return build_model(variant, dataclasses.replace(CFG, **overrides), execution).to(DT)
+
+
+def tokens(B=2, T=32, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def traced(model, x, switch="none"):
+    """logits and every fast state the forward reached, by memory key: [(position, {name: [B, ...]})]."""
+    with torch.no_grad(), switched(model, switch), trace_fast_states(model) as trace:
+        logits = model(x)
+    states = {}
+    for r in trace.records:
+        states.setdefault(r.key, []).append((r.position, r.states))
+    return logits, states
+
+
+def moved(model, states) -> dict[str, bool]:
+    """memory key -> whether any state it reached differs from its meta-learned initial state."""
+    init = model.initial_states()
+    return {key: any(not torch.equal(s[n], init[key][n].expand_as(s[n])) for _, s in recs for n in s)
+            for key, recs in states.items()}
+
+
+# which memories of block b keep their initial state under each switch (hope: SR-Titans + 2 CMS levels)
+FROZEN = {
+    "none": set(),
+    "selfmod_writes_off": {f"mixer.{c}" for c in MIXER},
+    "memory_writes_off": {"mixer.memory"},
+    "cms_writes_off": {"cms.levels.0", "cms.levels.1"},
+    "all_writes_off": {f"mixer.{c}" for c in MIXER} | {"cms.levels.0", "cms.levels.1"},
+    "gate_open": set(),
+    "gate_closed": {f"mixer.{c}" for c in MIXER},
+}
+
+
+@pytest.mark.parametrize("switch", list(FROZEN))
+def test_each_switch_freezes_exactly_the_memories_it_names(switch):
+    model, x = make().eval(), tokens()
+    logits, states = traced(model, x, switch)
+    frozen = {f"blocks.{b}.{m}" for b in range(CFG.n_layers) for m in FROZEN[switch]}
+    assert set(states) == set(model.initial_states())  # every memory reported its states
+    for key, has_moved in moved(model, states).items():
+        assert has_moved == (key not in frozen), key
+    if switch != "none":  # and the model computes something else than as trained
+        assert not torch.equal(logits, traced(model, x)[0])
+
+
+def test_a_switch_changes_nothing_upstream_of_what_it_freezes():
+    """The CMS comes after the mixer of its block: freezing it leaves block 0's mixer bit for bit as trained.
+    Without a gate (so M_memory's surprise decides nothing), freezing M_memory leaves the other five
+    memories of block 0 bit for bit as trained: the stacked memories are independent row blocks."""
+    model, x = make().eval(), tokens()
+    _, base = traced(model, x)
+    _, cms_off = traced(model, x, "cms_writes_off")
+    for c in MIXER:
+        for (_, a), (_, b) in zip(base[f"blocks.0.mixer.{c}"], cms_off[f"blocks.0.mixer.{c}"], strict=True):
+            assert all(torch.equal(a[n], b[n]) for n in a), c
+    model = make("hope_no_surprise").eval()
+    _, base = traced(model, x)
+    _, mem_off = traced(model, x, "memory_writes_off")
+    for c in MIXER[:-1]:
+        for (_, a), (_, b) in zip(base[f"blocks.0.mixer.{c}"], mem_off[f"blocks.0.mixer.{c}"], strict=True):
+            assert all(torch.equal(a[n], b[n]) for n in a), c
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope_no_selfmod", "titans"])
+def test_all_writes_off_leaves_only_the_conv_window_of_context(variant):
+    """With every write off, a token's logits depend on the last conv_window tokens per layer only: no
+    in-context memory is left, not even the writes earlier in the same chunk. As trained, they reach them."""
+    model, x = make(variant, n_layers=1, chunk_size=8).eval(), tokens()
+    x2 = x.clone()
+    x2[:, :2] = (x2[:, :2] + 1) % V  # tokens 0, 1 reach token 5 (in their chunk) through the memories alone
+    start = 2 + CFG.conv_window - 1
+    for switch, far in (("none", True), ("all_writes_off", False)):
+        with torch.no_grad(), switched(model, switch):
+            diff = (model(x)[:, start:] - model(x2)[:, start:]).abs()  # [B, T, V]
+        assert (diff.max() > 1e-9) == far, (switch, diff.max())
+        assert (diff[:, :8 - start].max() > 1e-9) == far  # within the first chunk too
+
+
+@pytest.mark.parametrize("variant", ["hope", "titans"])
+@pytest.mark.parametrize("every", [4, 8, 16])
+def test_reset_every_r_forgets_everything_before_the_last_reset(variant, every):
+    """After a reset at token R the fast weights are the initial ones again: tokens from R + (conv reach) on do
+    not see tokens before R. R = 4 is half the slower CMS level's period: that level then never writes."""
+    model, x = make(variant, n_layers=1).eval(), tokens()
+    name = f"reset_every_{every}"
+    assert name in applicable_switches(model)
+    x2 = x.clone()
+    reach = every - (CFG.conv_window - 1)  # tokens before this reach token R through the memories alone
+    x2[:, :reach] = (x2[:, :reach] + 1) % V
+    with torch.no_grad(), switched(model, name):
+        diff = (model(x)[:, every:] - model(x2)[:, every:]).abs().max()
+        assert diff == 0
+    with torch.no_grad():
+        assert (model(x)[:, every:] - model(x2)[:, every:]).abs().max() > 1e-9  # as trained, it does
+
+
+@pytest.mark.parametrize("variant,intervention_", [
+    ("transformer", Intervention(frozen=(*MIXER, "cms"), gate="closed", reset_every=4)),
+    ("hope_no_cms", Intervention(frozen=("cms",))),
+    ("hope_no_surprise", Intervention(gate="open")),
+    ("titans", Intervention(frozen=("cms", "k", "q"), gate="closed")),
+])
+def test_a_model_without_the_mechanism_is_unchanged_to_the_last_bit(variant, intervention_):
+    model, x = make(variant).eval(), tokens()
+    with torch.no_grad():
+        base = model(x)
+        with with_intervention(model, intervention_):
+            assert torch.equal(model(x), base)
+
+
+def test_which_switches_apply():
+    hope = applicable_switches(make())
+    assert hope == ["none", "selfmod_writes_off", "memory_writes_off", "cms_writes_off", "all_writes_off",
+                    "gate_open", "gate_closed", "reset_every_4", "reset_every_8", "reset_every_16"]
+    assert applicable_switches(make("titans")) == ["none", "memory_writes_off", "all_writes_off", "reset_every_4",
+                                                   "reset_every_8", "reset_every_16"]
+    assert applicable_switches(make("transformer")) == ["none"]
+    assert "selfmod_writes_off" not in applicable_switches(make("hope_no_selfmod"))
+    assert "gate_open" not in applicable_switches(make("hope_no_surprise"))
+    assert "cms_writes_off" not in applicable_switches(make("hope_no_cms"))
+    assert "reset_every_12" not in applicable_switches(make())  # falls inside the CMS levels' 32-token steps
+    with pytest.raises(UserError, match="unknown switch"):
+        intervention("cms_off")
+    with pytest.raises(UserError, match="does not apply"), switched(make("transformer"), "all_writes_off"):
+        pass
+
+
+def test_switch_is_put_back_and_a_build_time_switch_equals_a_set_one():
+    model, x = make().eval(), tokens()
+    with torch.no_grad():
+        base = model(x)
+        with switched(model, "all_writes_off"):
+            off = model(x)
+        assert torch.equal(model(x), base)  # the switch is gone after the block
+        built = make(execution=Execution(intervention=intervention("all_writes_off"))).eval()
+        built.load_state_dict(model.state_dict())
+        assert torch.equal(built(x), off)
+
+
+@pytest.mark.parametrize("switch", ["memory_writes_off", "cms_writes_off", "reset_every_8"])
+def test_switches_under_recompute_give_the_same_numbers_and_gradients(switch):
+    model, x = make(), tokens()
+    other = make(execution=Execution(recompute=True))
+    results = []
+    for m in (model, other):
+        with switched(m, switch):
+            loss = m(x).logsumexp(-1).mean()
+            grads = torch.autograd.grad(loss, [p for p in m.parameters()], allow_unused=True)
+        results.append((loss, grads))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_a_switch_under_compile_gives_the_eager_numbers():
+    """Compiled steps (while gradients are recorded) read the switch as the eager ones do."""
+    cfg = dict(dim=16, n_layers=1, chunk_size=4, cms_periods=(16,), context_len=64)
+    eager, x = make(**cfg).float(), tokens(T=64)
+    compiled = make(execution=Execution(compile=True), **cfg).float()
+    compiled.load_state_dict(eager.state_dict())
+    with switched(eager, "all_writes_off"):
+        want = eager(x)
+    with switched(compiled, "all_writes_off"):
+        got = compiled(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(eager(x), want, rtol=1e-4, atol=1e-5)  # the switch did something
