@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -191,3 +193,71 @@ def test_a_switch_under_compile_gives_the_eager_numbers():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(eager(x), want, rtol=1e-4, atol=1e-5)  # the switch did something
+
+
+# --------------------------------------------------------------------------------------- statistics and rows
+
+
+def test_bootstrap_interval_agrees_with_scipy():
+    """Percentile bootstrap of the mean over sequences, against scipy.stats.bootstrap on the same data: both
+    are Monte-Carlo, so they agree to a few percent of the interval's width."""
+    from scipy.stats import bootstrap
+
+    from hopelab.interventions import bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    for data in (rng.normal(0.05, 0.2, size=64), rng.exponential(0.1, size=100) - 0.02):
+        ours = bootstrap_ci(data, n_resamples=20000)
+        ref = bootstrap(
+            (data,), np.mean, confidence_level=0.95, n_resamples=20000, method="percentile",
+            rng=np.random.default_rng(0),
+        ).confidence_interval
+        width = ref.high - ref.low
+        assert ours.mean == pytest.approx(data.mean())
+        assert abs(ours.lo - ref.low) < 0.03 * width and abs(ours.hi - ref.high) < 0.03 * width
+        assert ours.n == len(data)
+
+
+def test_bootstrap_over_seeds_is_wider_when_seeds_disagree():
+    from hopelab.interventions import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    same = [rng.normal(0.1, 0.05, 64) for _ in range(3)]
+    apart = [rng.normal(m, 0.05, 64) for m in (0.0, 0.1, 0.2)]
+    one, agree, disagree = bootstrap_ci(np.concatenate(same)), bootstrap_ci(same), bootstrap_ci(apart)
+    assert agree.n == 192 and agree.mean == pytest.approx(np.mean([s.mean() for s in same]))
+    assert agree.hi - agree.lo == pytest.approx(one.hi - one.lo, rel=0.3)  # no seed spread: as one pool
+    assert disagree.hi - disagree.lo > 3 * (agree.hi - agree.lo)  # the spread across seeds counts
+    assert np.isnan(bootstrap_ci(np.array([0.3])).lo)
+
+
+def test_rows_give_the_same_effects_as_the_losses():
+    """Δ and its interval computed from the written rows alone equal those from the per-position losses."""
+    from hopelab.interventions import effects_from_rows, evaluate_switches, intervention_rows, switch_effects
+
+    model, x = make().eval(), tokens(B=6)
+    losses = evaluate_switches(model, (x, x.roll(-1, 1)), ["cms_writes_off", "all_writes_off", "gate_open"],
+                               batch_size=4)
+    assert list(losses) == ["none", "cms_writes_off", "all_writes_off", "gate_open"]
+    assert losses["none"].shape == (6, 32)
+    effects = {e.switch: e for e in switch_effects(losses, buckets=4)}
+    table = effects_from_rows(pd.DataFrame(intervention_rows(losses, buckets=4)))
+    for switch, e in effects.items():
+        whole = table[(table["switch"] == switch) & table["bucket_start"].isna()].iloc[0]
+        assert whole["delta"] == pytest.approx(e.delta.mean) and whole["delta_lo"] == pytest.approx(e.delta.lo)
+        buckets = table[(table["switch"] == switch) & table["bucket_start"].notna()].sort_values("bucket_start")
+        assert list(buckets["bucket_start"]) == [a for a, _, _ in e.buckets] == [0, 8, 16, 24]
+        assert list(buckets["delta"]) == pytest.approx([iv.mean for _, _, iv in e.buckets])
+    d = (losses["all_writes_off"] - losses["none"]).double().mean(1)  # [N] by hand
+    assert effects["all_writes_off"].delta.mean == pytest.approx(float(d.mean()))
+    assert effects["all_writes_off"].delta.mean != 0
+
+
+def test_evaluate_switches_leaves_out_what_does_not_apply_and_restores_the_model():
+    from hopelab.interventions import evaluate_switches
+
+    model, x = make("titans"), tokens(B=2)
+    losses = evaluate_switches(model, [(x, x), (x, x)], ["selfmod_writes_off", "memory_writes_off"])
+    assert list(losses) == ["none", "memory_writes_off"] and losses["none"].shape == (4, 32)
+    assert model.training  # put back in train mode
+    assert list(evaluate_switches(make("transformer"), (x, x))) == ["none"]
