@@ -261,3 +261,38 @@ def test_evaluate_switches_leaves_out_what_does_not_apply_and_restores_the_model
     assert list(losses) == ["none", "memory_writes_off"] and losses["none"].shape == (4, 32)
     assert model.training  # put back in train mode
     assert list(evaluate_switches(make("transformer"), (x, x))) == ["none"]
+
+
+# --------------------------------------------------------------------------------------- ground truth
+
+
+@pytest.mark.slow
+def test_ground_truth_hope_uses_its_memory_only_where_the_task_needs_it():
+    """A random sequence of 16 tokens repeated twice: the second copy is predictable from the first alone, the
+    first from nothing. After brief training, switching every write off raises hope's loss on the second copy
+    (interval above 0) and leaves the first copy alone (interval across 0, and a small fraction of it)."""
+    from hopelab.interventions import bootstrap_ci, evaluate_switches, seq_deltas
+
+    torch.manual_seed(0)
+    V, L = 16, 16
+    cfg = ModelConfig(vocab_size=V, dim=32, n_layers=1, n_heads=2, context_len=2 * L, chunk_size=4, cms_periods=(8,))
+    model = build_model("hope", cfg)
+
+    def copies(n, gen):  # x, y [n, 2L]: s s, and the next token of each
+        s = torch.randint(0, V, (n, L), generator=gen)
+        seq = torch.cat([s, s, s[:, :1]], dim=1)
+        return seq[:, :-1], seq[:, 1:]
+
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    for _ in range(200):
+        x, y = copies(16, gen)
+        torch.nn.functional.cross_entropy(model(x).transpose(1, 2), y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    losses = evaluate_switches(model, copies(64, torch.Generator().manual_seed(99)), ["all_writes_off"])
+    second = bootstrap_ci(seq_deltas(losses["all_writes_off"], losses["none"], L))  # predicting s_2 … s_L, s_1
+    first = bootstrap_ci(seq_deltas(losses["all_writes_off"], losses["none"], 0, L - 1))  # s_2 … s_L of copy 1
+    assert second.lo > 0, second
+    assert first.lo < 0 < first.hi and abs(first.mean) < 0.2 * second.mean, (first, second)

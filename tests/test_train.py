@@ -129,13 +129,12 @@ def test_run_directory_schema_probes_and_metrics(hope_run):
     positions = df[(df.probe == "selfmod") & (df.metric == "rel_drift_meta_fast")].position.dropna()
     assert sorted(positions.unique()) == [16, 32, 48, 64]
     assert df[(df.metric == "gate_pass_rate") & (df.component == "gate")].threshold.unique().tolist() == [0.02]
-    # intervene: the tracked switches on 16 sequences before the last step, every switch on 64 at it
+    # intervene: the tracked switches on 8 sequences before the last step, every switch but the resets on 64 at it
     iv = df[(df.probe == "intervene") & (df.metric == "seq_loss")]
-    assert set(iv[iv.step == 5].component) == {"none", "selfmod_writes_off", "memory_writes_off", "all_writes_off"}
-    assert iv[iv.step == 5].level.nunique() == 16 and iv[iv.step == 15].level.nunique() == 64
+    assert set(iv[iv.step == 5].component) == {"none", "selfmod_writes_off", "all_writes_off"}
+    assert iv[iv.step == 5].level.nunique() == 8 and iv[iv.step == 15].level.nunique() == 64
     assert set(iv[iv.step == 15].component) == {"none", "selfmod_writes_off", "memory_writes_off", "cms_writes_off",
-                                               "all_writes_off", "gate_open", "gate_closed", "reset_every_16",
-                                               "reset_every_32", "reset_every_64"}
+                                               "all_writes_off", "gate_open", "gate_closed"}
 
     # values move between checkpoints
     def value(probe, metric, step, **where):
@@ -339,7 +338,7 @@ def test_intervene_command_on_a_finished_run(hope_run, corpus):
     assert set(iv.component) == {"none", "cms_writes_off", "reset_every_32"} and iv.level.nunique() == 64
     old_none = before[(before.probe == "intervene") & (before.step == 10) & (before.metric == "seq_loss")
                       & (before.component == "none")].sort_values("level").value.to_numpy()
-    new_none = iv[iv.component == "none"].sort_values("level").value.to_numpy()[:16]
+    new_none = iv[iv.component == "none"].sort_values("level").value.to_numpy()[:8]
     assert new_none == pytest.approx(old_none, rel=1e-5)  # the same model and sequences as the probe saw
     for bad, why in ((["--switch", "nope"], "unknown switch"), (["--step", "3"], "keeps checkpoints of steps 10, 15")):
         err = runner.invoke(app, ["intervene", str(spec.run_dir), *bad], env=env).exception

@@ -4,22 +4,29 @@ At every probe step the model is evaluated on the intervention probe set with it
 (hopelab.interventions), paired sequence by sequence with the model as trained. Its rows are
 hopelab.interventions.intervention_rows (per-position mean loss, per-sequence and per-bucket means).
 
-What it costs is set by two tiers, so that the probe stays a small share of a run:
-- the run's last step: every switch that applies, on the whole probe set (PROBE_SEQUENCES sequences);
-- every other probe step (Δ over training): TRACKED switches, on the first TRACKED_SEQUENCES sequences.
-`hopelab intervene RUN_DIR` evaluates any kept checkpoint with every switch afterwards.
+What it costs is kept under a tenth of a tiny run's wall time by two tiers:
+- the run's last step: every switch that applies but the resets, on the whole probe set (PROBE_SEQUENCES);
+- every other probe step (Δ over training): the TRACKED switches on the first TRACKED_SEQUENCES sequences.
+`hopelab intervene RUN_DIR` evaluates any kept checkpoint with every switch, the resets included.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hopelab.interventions import NONE, PROBE, applicable_switches, evaluate_switches, intervention_rows
+from hopelab.interventions import (
+    NONE,
+    PROBE,
+    applicable_switches,
+    evaluate_switches,
+    intervention,
+    intervention_rows,
+)
 from hopelab.probes.base import Probe
 from hopelab.probes.forward import ProbeStep, forward_context
 
-TRACKED = ("selfmod_writes_off", "memory_writes_off", "all_writes_off")  # followed over training
-TRACKED_SEQUENCES = 16
+TRACKED = ("selfmod_writes_off", "all_writes_off")  # followed over training
+TRACKED_SEQUENCES = 8
 
 
 class InterveneProbe(Probe):
@@ -30,7 +37,9 @@ class InterveneProbe(Probe):
         if switches == [NONE]:  # nothing to switch off (the Transformer)
             return []
         x, y = at.probe_set
-        if not at.final:
+        if at.final:
+            switches = [s for s in switches if intervention(s).reset_every is None]
+        else:
             switches = [s for s in switches if s in (NONE, *TRACKED)]
             x, y = x[:TRACKED_SEQUENCES], y[:TRACKED_SEQUENCES]
         losses = evaluate_switches(at.model, (x, y), switches, context=lambda: forward_context(at.trainer))
