@@ -11,7 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis import fig1_cms, fig2_selfmod, fig3_surprise, fig4_importance, fig5_curves, table1_ablation, table2_sweep
+from analysis import (
+    fig1_cms,
+    fig2_selfmod,
+    fig3_surprise,
+    fig4_importance,
+    fig5_curves,
+    fig6_interventions,
+    table1_ablation,
+    table2_sweep,
+    table3_interventions,
+)
 from analysis.artifacts import FigureOut, Skipped, TableOut, write_table
 from analysis.load import StudyResults
 
@@ -51,8 +61,10 @@ FIGURES: dict[int, FigureSpec] = {spec.number: spec for spec in [
     FigureSpec(fig3_surprise.NUMBER, fig3_surprise.TITLE, render_scale=fig3_surprise.render_scale),
     FigureSpec(fig4_importance.NUMBER, fig4_importance.TITLE, render_all=fig4_importance.render_all),
     FigureSpec(fig5_curves.NUMBER, fig5_curves.TITLE, render_scale=fig5_curves.render_scale),
+    FigureSpec(fig6_interventions.NUMBER, fig6_interventions.TITLE, render_scale=fig6_interventions.render_scale),
 ]}
 TABLES: dict[int, TableSpec] = {spec.number: spec for spec in [
     TableSpec(table1_ablation.NUMBER, table1_ablation.TITLE, table1_ablation.build),
     TableSpec(table2_sweep.NUMBER, table2_sweep.TITLE, table2_sweep.build),
+    TableSpec(table3_interventions.NUMBER, table3_interventions.TITLE, table3_interventions.build),
 ]}

@@ -296,3 +296,22 @@ def test_ground_truth_hope_uses_its_memory_only_where_the_task_needs_it():
     first = bootstrap_ci(seq_deltas(losses["all_writes_off"], losses["none"], 0, L - 1))  # s_2 … s_L of copy 1
     assert second.lo > 0, second
     assert first.lo < 0 < first.hi and abs(first.mean) < 0.2 * second.mean, (first, second)
+
+
+def test_effects_from_rows_resamples_seeds_first():
+    """Two seeds whose models disagree (Δ 0 and 0.2): the interval over seeds spans them, where pooling the
+    sequences of both as one sample would not."""
+    from hopelab.interventions import effects_from_rows, intervention_rows
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        none = torch.from_numpy(rng.normal(3.0, 0.1, (32, 16)))
+        rows = intervention_rows({"none": none, "all_writes_off": none + shift + 0.01 * torch.randn(32, 1)})
+        frames.append(pd.DataFrame(rows).assign(seed=seed))
+    rows = pd.concat(frames)
+    whole = effects_from_rows(rows).query("bucket_start.isna()").iloc[0]
+    pooled = effects_from_rows(rows.drop(columns="seed")).query("bucket_start.isna()").iloc[0]
+    assert whole["delta"] == pytest.approx(0.1, abs=0.01) and whole["n"] == 64
+    assert whole["delta_lo"] < 0.02 and whole["delta_hi"] > 0.18  # the seeds' spread
+    assert pooled["delta_hi"] - pooled["delta_lo"] < 0.1
