@@ -43,7 +43,7 @@ PROJECTION_STD = 0.02  # GPT-2's init of a projection
 @dataclass(frozen=True)
 class Intervention:
     """What the in-context mechanisms may write, read by each layer where its mechanism is computed. The default
-    changes nothing. Named switches (hopelab.interventions.SWITCHES) are instances of it."""
+    changes nothing. The named switches (hopelab.interventions.switches) are instances of it."""
 
     # memories that keep their meta-learned initial state (their reads still happen): SR-Titans / Titans
     # component names ("k", "v", "eta", "alpha", "q", "memory") and "cms" (every CMS level)

@@ -321,7 +321,7 @@ class SelfReferentialTitans(FastMemory):
         frozen = [intervention.freezes(c) for c in self.components]
         if any(frozen):  # frozen memories keep their chunk-start (= initial) weights and are read there
             weights = self._keep_frozen(frozen, carry[0], weights)
-            if frozen[-1]:  # M_memory: o_t = M_memory,0(q_t)
+            if frozen[-1]:  # M_memory (the last component): o_t = M_memory,0(q_t)
                 o = self._memories_on(groups["memory"], q)[0].squeeze(2)
         carry = (weights, stats)
         if record is not None and x_c.shape[2] == C:
