@@ -54,6 +54,8 @@ def intervene_command(
     have = applicable_switches(model)
     asked = switch or have
     console = Console(stderr=True, soft_wrap=True)
+    if have == [NONE]:
+        console.print(f"{trained.spec.variant} has no in-context memory: only `none` applies (its loss is written)")
     skipped = [n for n in asked if n not in have]
     if skipped:
         console.print(f"not in {trained.spec.variant} (no rows): {', '.join(skipped)}")

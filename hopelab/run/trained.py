@@ -71,6 +71,11 @@ def load_trained(run_dir: RunDir, step: int | None = None) -> TrainedModel:
     model = build_model("transformer" if spec.variant == "transformer_matched" else spec.variant, model_cfg)
     model.variant = spec.variant
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # written by a version of hopelab whose model differs
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"checkpoint {kept[step]} does not fit this version's {spec.variant} model: {first} "
+                        f"(missing or unexpected parameters)") from None
     train = TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
     return TrainedModel(model.eval(), step, spec, train, config, run_dir)
