@@ -41,7 +41,7 @@ def render_all(study: StudyResults, out_dir: Path, scales: list[str], dpi: int =
     """One figure across every scale."""
     if is_recall_study(study):
         return Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "a recall study: its losses are on different tasks "
-                       "(Table 3 and Figure 6 compare the variants)")
+                       "(Table 4 and Figure 7 compare the variants)")
     data = ablation_summary(study, scales)
     if data.empty or not data["reference"].any():
         return Skipped(NUMBER, f"Figure {NUMBER} ({TITLE})", "no Full HOPE run to compare against")

@@ -1,4 +1,4 @@
-"""The numbers behind Figure 6, Table 3 and the recall findings: MQAR accuracy per run, cell and distance.
+"""The numbers behind Figure 7, Table 4 and the recall findings: MQAR accuracy per run, cell and distance.
 
     runs = recall_runs(study, scale)        # one row per finished MQAR run: pairs, length, dim, accuracy
     cells = recall_cells(runs)              # per (variant, length, dim, pairs): mean, 95% interval, min–max
@@ -44,7 +44,7 @@ def _task(data) -> dict | None:
 
 def is_recall_study(study: StudyResults) -> bool:
     """Every run trained on a synthetic task: its final losses are answer losses on different tasks, so the
-    loss-based ablation (Table 1, Figure 4) does not apply; Table 3 and Figure 6 do."""
+    loss-based ablation (Table 1, Figure 4) does not apply; Table 4 and Figure 7 do."""
     data = study.runs["data"]
     return bool(len(data)) and all(isinstance(d, str) and is_synthetic(d) for d in data)
 

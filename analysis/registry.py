@@ -17,10 +17,12 @@ from analysis import (
     fig3_surprise,
     fig4_importance,
     fig5_curves,
-    fig6_recall,
+    fig6_interventions,
+    fig7_recall,
     table1_ablation,
     table2_sweep,
-    table3_capacity,
+    table3_interventions,
+    table4_capacity,
 )
 from analysis.artifacts import FigureOut, Skipped, TableOut, write_table
 from analysis.load import StudyResults
@@ -61,10 +63,12 @@ FIGURES: dict[int, FigureSpec] = {spec.number: spec for spec in [
     FigureSpec(fig3_surprise.NUMBER, fig3_surprise.TITLE, render_scale=fig3_surprise.render_scale),
     FigureSpec(fig4_importance.NUMBER, fig4_importance.TITLE, render_all=fig4_importance.render_all),
     FigureSpec(fig5_curves.NUMBER, fig5_curves.TITLE, render_scale=fig5_curves.render_scale),
-    FigureSpec(fig6_recall.NUMBER, fig6_recall.TITLE, render_scale=fig6_recall.render_scale),
+    FigureSpec(fig6_interventions.NUMBER, fig6_interventions.TITLE, render_scale=fig6_interventions.render_scale),
+    FigureSpec(fig7_recall.NUMBER, fig7_recall.TITLE, render_scale=fig7_recall.render_scale),
 ]}
 TABLES: dict[int, TableSpec] = {spec.number: spec for spec in [
     TableSpec(table1_ablation.NUMBER, table1_ablation.TITLE, table1_ablation.build),
     TableSpec(table2_sweep.NUMBER, table2_sweep.TITLE, table2_sweep.build),
-    TableSpec(table3_capacity.NUMBER, table3_capacity.TITLE, table3_capacity.build),
+    TableSpec(table3_interventions.NUMBER, table3_interventions.TITLE, table3_interventions.build),
+    TableSpec(table4_capacity.NUMBER, table4_capacity.TITLE, table4_capacity.build),
 ]}

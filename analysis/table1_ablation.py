@@ -35,7 +35,7 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
     scales = scales or study.scales
     if is_recall_study(study):
         return Skipped(NUMBER, f"Table {NUMBER} ({TITLE})", "a recall study: its losses are on different tasks "
-                       "(Table 3 and Figure 6 compare the variants)")
+                       "(Table 4 and Figure 7 compare the variants)")
     data = ablation_summary(study, scales)
     if data.empty:
         return Skipped(NUMBER, f"Table {NUMBER} ({TITLE})", "no runs to compare")

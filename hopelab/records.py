@@ -32,14 +32,17 @@ PROBE_SCHEMA = pa.schema(
     [
         *_RUN_STEP_COLUMNS,
         ("tokens", pa.int64()),  # training tokens seen at this step
-        ("probe", pa.string()),  # cms | selfmod | surprise | gradflow | recall
+        ("probe", pa.string()),  # cms | selfmod | surprise | gradflow | intervene | recall
         ("metric", pa.string()),
         ("layer", pa.int64()),
-        ("component", pa.string()),  # k, v, q, eta, alpha, memory; or a parameter group
-        ("level", pa.int64()),  # CMS level index
+        ("component", pa.string()),  # k, v, q, eta, alpha, memory; a parameter group; intervene: the switch
+        ("level", pa.int64()),  # CMS level index; intervene seq_loss / seq_bucket_loss: the probe sequence's index
         ("level_other", pa.int64()),  # the other level of a pair (cos_sim)
         ("param", pa.string()),  # parameter name (gradflow)
-        ("position", pa.int64()),  # token position within the probe sequence (chunk end); recall: distance bucket
+        # token position within the probe sequence (chunk end); intervene loss: the position predicted from,
+        # seq_bucket_loss: the first position of the bucket (hopelab.interventions.evaluate); recall: the
+        # distance bucket's lower edge
+        ("position", pa.int64()),
         ("threshold", pa.float64()),  # surprise-gate threshold of a gate_pass_rate row
         ("value", pa.float64()),
     ]

@@ -3,7 +3,7 @@
 Every variant is trained on multi-query associative recall (hopelab.data.synthetic: key-value pairs, then
 queries of earlier keys at power-law distances; loss and accuracy on the answers only) at a growing number of
 pairs. The recall probe measures exact-match accuracy on a held-out batch, overall and by distance back to the
-key; the report draws accuracy against pairs (Figure 6) and the capacity per variant (Table 3).
+key; the report draws accuracy against pairs (Figure 7) and the capacity per variant (Table 4).
 
 Sizing (2-core CPU, --jobs 2): the memory variants learn MQAR slowly (Titans at 2 pairs, len 32: 5% accuracy
 at step 375, 47% at step 1000), so runs need ~1000 steps; the quick set (12 runs x 300 steps, len 32) took

@@ -6,7 +6,8 @@
 Layout (the on-disk contract of COMMON.md): `<out>/<study>/study.json` and
 `<out>/<study>/<scale>/<run_name>/seed<k>/{config.json, manifest.json, metrics.parquet, probes/*.parquet}`.
 Every variant at two scales with three seeds, a surprise-threshold sweep of hope (run names hope-tau<τ>) at the
-first scale, probe rows of every kind (cms, selfmod, surprise, gradflow) and one failed run (NaN at a step).
+first scale, probe rows of every kind (cms, selfmod, surprise, gradflow, intervene) and one failed run (NaN at a
+step).
 Losses follow `TRUE_DELTA` (variant minus full HOPE) plus a per-seed offset shared by all variants and a small
 per-run noise, so the analysis can be checked against known ground truth.
 """
@@ -63,7 +64,7 @@ def _lognormal_quantile(q: float, mu: float, sigma: float) -> float:
 
 def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generator) -> dict[str, list[dict]]:
     variant = run["variant"]
-    rows: dict[str, list[dict]] = {"cms": [], "selfmod": [], "surprise": [], "gradflow": []}
+    rows: dict[str, list[dict]] = {"cms": [], "selfmod": [], "surprise": [], "gradflow": [], "intervene": []}
     n_layers, n_levels = model.n_layers, len(model.cms_periods)
     has_cms = variant.startswith("hope") and model.use_cms
     has_selfmod_probe = variant.startswith("hope") or variant == "titans"
@@ -123,6 +124,9 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
             for name, value in {"ce_mean": ce_mu, "ce_std": 2.6, "ce_min": 0.02, "ce_p10": ce_mu - 3.3,
                                 "ce_p50": ce_mu + 0.1, "ce_p90": ce_mu + 3.2, "ce_max": ce_mu + 9.0}.items():
                 rows["surprise"].append(dict(base, probe="surprise", metric=name, value=value))
+        if has_selfmod_probe:
+            for r in _intervene_rows(variant, model, has_cms, components, gated, frac, step == last, rng):
+                rows["intervene"].append(dict(base, probe="intervene", **r))
         params = [f"blocks.{i}.{p}" for i in range(n_layers) for p in ("attn_or_memory.weight", "mlp.weight")]
         n_none = 1 if variant == "titans" else 0  # one detached parameter: the auditor should see it
         for j, param in enumerate(params if step > 0 else []):  # gradflow has no step-0 rows
@@ -136,6 +140,39 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
                             if step > 0 else []):
             rows["gradflow"].append(dict(base, probe="gradflow", metric=name, value=float(value)))
     return rows
+
+
+def intervene_delta(switch: str, variant: str, frac: float, positions: np.ndarray) -> np.ndarray:
+    """The true Δ = loss(switch) − loss(none) at each position: the SR-Titans writes help more the later in the
+    sequence (continual adaptation) and more as training goes on; the CMS writes a little, evenly."""
+    ramp = positions / positions[-1]
+    selfmod = 0.08 * frac * ramp if variant != "titans" else 0.05 * frac * ramp
+    cms = np.full_like(ramp, 0.01 * frac)
+    return {"selfmod_writes_off": selfmod, "memory_writes_off": 0.6 * selfmod, "cms_writes_off": cms,
+            "all_writes_off": selfmod + cms, "gate_open": 0.0 * ramp, "gate_closed": selfmod}[switch]
+
+
+def _intervene_rows(variant, model, has_cms, components, gated, frac, final, rng) -> list[dict]:
+    """The intervene probe's rows, from per-position losses built with known Δs, written by the probe's own
+    row builder (hopelab.interventions.intervention_rows): every switch on 16 sequences at the last step, the
+    tracked ones on 8 before (the probe: 64 and 8)."""
+    import torch
+
+    from hopelab.interventions import intervention_rows
+
+    switches = ["selfmod_writes_off"] if len(components) > 1 else []
+    switches += ["memory_writes_off"] + (["cms_writes_off"] if has_cms else []) + ["all_writes_off"]
+    switches += ["gate_open", "gate_closed"] if gated and model.surprise_mode != "off" else []
+    if not final:
+        switches = [s for s in switches if s in ("selfmod_writes_off", "all_writes_off")]
+    n, T = (16 if final else 8), model.context_len  # the probe: 64 and 8; fewer keep the tests fast
+    positions = np.arange(T, dtype=float)
+    none = 5.0 - 0.5 * np.log1p(positions)[None] + rng.normal(0, 0.05, (n, 1)) + rng.normal(0, 0.3, (n, T))
+    losses = {"none": none}
+    for s in switches:
+        noise = rng.normal(0, 0.02, (n, 1)) + rng.normal(0, 0.05, (n, T))  # per sequence, per token
+        losses[s] = none + intervene_delta(s, variant, frac, positions)[None] + noise
+    return intervention_rows({k: torch.from_numpy(v) for k, v in losses.items()})
 
 
 def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed: int, steps: int, ckpt_every: int,

@@ -21,7 +21,7 @@ from scipy import stats
 
 from analysis import load_results, render_report
 from analysis.artifacts import Skipped
-from analysis.findings import GATE_NOOP, compute_findings
+from analysis.findings import GATE_NOOP, compute_findings, intervention_findings
 from analysis.load import RUN_DTYPES
 from analysis.report import render_figures, render_tables
 from analysis.stats import PAIRED, WELCH, compare, mean_ci
@@ -97,7 +97,7 @@ def test_load_runs_metrics_probes_with_fixed_dtypes(study, study_root):
     # every metric and probe row belongs to a known run and carries its run name
     assert set(study.metrics["run_id"]) <= set(runs["run_id"])
     assert study.metrics["run_name"].notna().all() and study.probes["run_name"].notna().all()
-    assert set(study.probes["probe"]) == {"cms", "selfmod", "surprise", "gradflow"}
+    assert set(study.probes["probe"]) == {"cms", "selfmod", "surprise", "gradflow", "intervene"}
     assert str(study.probes["layer"].dtype) == "Int64" and str(study.probes["threshold"].dtype) == "float64"
 
 
@@ -225,8 +225,8 @@ def test_a_sweep_study_without_untagged_hope_uses_the_default_threshold_as_refer
                                  sweep=(0.005, 0.02, 0.05), failed=None, overrides={"dim": 32})
     study = load_results(root)
     assert reference_run_name(study, "tiny") == "hope-tau0.02"  # its only own override is the default τ
-    t1, t2, t3 = render_tables(study, tmp_path / "tables")
-    assert isinstance(t3, Skipped)  # recall capacity: no run on a synthetic task
+    t1, t2, _, t4 = render_tables(study, tmp_path / "tables")
+    assert isinstance(t4, Skipped)  # recall capacity: no run on a synthetic task
     assert list(t1.data["run_name"]) == ["hope-tau0.02", "hope_no_surprise"] and t1.data["reference"].iloc[0]
     assert list(t2.data["run_name"]) == ["hope-tau0.005", "hope-tau0.02", "hope-tau0.05", "hope_no_surprise"]
     assert "0.02 (default)" in t2.markdown and "| gate off |" in t2.markdown
@@ -235,18 +235,81 @@ def test_a_sweep_study_without_untagged_hope_uses_the_default_threshold_as_refer
     assert off["delta"] == pytest.approx(off["mean"] - ref, abs=1e-12)
 
 
+def test_table3_deltas_equal_a_paired_computation_from_the_files(tables, study_root):
+    """Table 3's Δ of each switch equals the mean over seeds of the per-sequence differences read straight from
+    the intervene files at the last step; its interval covers the synthetic truth and excludes 0; a variant
+    without the mechanism shows "—"."""
+    from synthetic_study import intervene_delta
+
+    data = pd.read_csv(tables / "table3_interventions.csv")
+    files = [f for f in study_root.glob("tiny/hope/seed*/probes/intervene-step150.parquet")]
+    rows = pd.concat([pq.read_table(f).to_pandas() for f in files])
+    seq = rows[rows["metric"] == "seq_loss"].pivot_table(index=["seed", "level"], columns="component", values="value")
+    T = int(rows.loc[rows["metric"] == "loss", "position"].max()) + 1
+    for switch in ("selfmod_writes_off", "cms_writes_off", "all_writes_off"):
+        by_hand = (seq[switch] - seq["none"]).groupby(level="seed").mean().mean()
+        r = data[(data["scale"] == "tiny") & (data["run_name"] == "hope") & (data["switch"] == switch)].iloc[0]
+        assert r["delta"] == pytest.approx(by_hand, abs=1e-12) and r["n"] == 48 and r["n_seeds"] == 3
+        truth = intervene_delta(switch, "hope", 1.0, np.arange(T, dtype=float)).mean()
+        assert r["delta_lo"] < truth < r["delta_hi"] and r["delta_lo"] > 0
+    md = (tables / "table3_interventions.md").read_text()
+    titans = next(line for line in md.splitlines() if line.startswith("| tiny | Titans"))
+    assert titans.count("—") == 4  # no SR-Titans, CMS or gate: four switches do not apply
+    gate_open = data[(data["run_name"] == "hope") & (data["switch"] == "gate_open")]
+    assert (gate_open["delta_lo"] < 0).all() and (gate_open["delta_hi"] > 0).all()  # no effect: across 0
+
+
+def _with_selfmod_delta(study, scale_by):
+    """The study with hope's selfmod_writes_off rows replaced by the as-trained ones shifted by `scale_by(row)`."""
+    probes = study.probes.copy()
+    iv = (probes["probe"] == "intervene") & (probes["run_name"] == "hope")
+    none = probes[iv & (probes["component"] == "none")]
+    key = ["run_id", "step", "metric", "level", "position"]
+    base = probes[iv & (probes["component"] == "selfmod_writes_off")].merge(none[key + ["value"]], on=key,
+                                                                             suffixes=("", "_none"))
+    shifted = base.assign(value=base["value_none"] + base.apply(scale_by, axis=1)).drop(columns="value_none")
+    probes = pd.concat([probes[~(iv & (probes["component"] == "selfmod_writes_off"))], shifted], ignore_index=True)
+    return type(study)(root=study.root, name=study.name, runs=study.runs, metrics=study.metrics, probes=probes,
+                       meta=study.meta)
+
+
+def test_intervention_findings_rest_on_the_intervals(tiny):
+    """Continual adaptation only when Δ(SR-Titans writes off) > 0 and rises with position (the synthetic truth);
+    with the writes made harmless and the meta-state moved: an initialisation shift; with a flat Δ: neither."""
+    def claim(study):
+        return next(f for f in intervention_findings(study) if f.topic == "self-modification (intervention)")
+
+    c = claim(tiny)
+    assert c.numbers["tiny"]["verdict"] == "continual adaptation" and c.numbers["tiny"]["rise_lo"] > 0
+    assert "continual adaptation" in c.text and f"{c.numbers['tiny']['delta']:+.4f}" in c.text
+    def spread(r):  # ±0.01 by sequence and ±0.005 more late in the sequence: no mean effect, no mean rise
+        if pd.isna(r["level"]):
+            return 0.0
+        sign, late = (1 if r["level"] % 2 else -1), (1 if r["level"] // 2 % 2 else -1)
+        return 0.01 * sign + (0.005 * late if pd.notna(r["position"]) and r["position"] > 60 else 0.0)
+
+    c = claim(_with_selfmod_delta(tiny, spread))
+    assert c.numbers["tiny"]["lo"] < 0 < c.numbers["tiny"]["hi"] and c.numbers["tiny"]["meta_drift"] > 0.05
+    assert "an initialisation shift" in c.text
+    c = claim(_with_selfmod_delta(tiny, lambda r: 0.03 + spread(r)))  # helps, evenly along the sequence
+    assert c.numbers["tiny"]["lo"] > 0 and "does not grow along the sequence" in c.text
+    benefit = next(f for f in intervention_findings(tiny) if f.topic == "interventions")
+    assert "gate open" in benefit.text and "(not detectable)" in benefit.text and "(counts)" in benefit.text
+
+
 # ---------------------------------------------------------------- figures and report
 
 
 def test_every_figure_and_table_file_is_written(report):
     figs = report / "figures"
-    stems = [f"fig{n}_{k}_tiny" for n, k in [(1, "cms"), (2, "selfmod"), (3, "surprise"), (5, "curves")]]
+    stems = [f"fig{n}_{k}_tiny" for n, k in [(1, "cms"), (2, "selfmod"), (3, "surprise"), (5, "curves"),
+                                             (6, "interventions")]]
     stems += ["fig4_importance"]
     for stem in stems:
         png, pdf = figs / f"{stem}.png", figs / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5000, stem
-    for stem in ("table1_ablation", "table2_sweep"):
+    for stem in ("table1_ablation", "table2_sweep", "table3_interventions"):
         for ext in ("md", "tex", "csv"):
             assert (report / "tables" / f"{stem}.{ext}").stat().st_size > 200
     tex = (report / "tables" / "table1_ablation.tex").read_text()

@@ -79,6 +79,8 @@ def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
         assert result.status == "done", result.reason
         manifest = json.loads((spec.run_dir / "manifest.json").read_text())
         assert manifest["hardware"]["compiled_modules"] == (2 if compiled else 0)
+        assert manifest["probe_errors"] is None  # every probe ran (the intervene probe's switches too)
+        assert (spec.run_dir / "probes" / "intervene-step000004.parquet").exists()
         m = pq.read_table(spec.run_dir / "metrics.parquet").to_pandas()
         losses[compiled] = m[m.metric == "train_loss"].sort_values("step").value.to_numpy()
     assert len(losses[True]) == 4

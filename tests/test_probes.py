@@ -261,11 +261,11 @@ def test_gradflow_counts_none_and_zero_grads():
 
 
 EXPECTED = {  # which probes have rows for which variant (no mechanism: no rows, never an error)
-    "hope": {"cms", "selfmod", "surprise"},
-    "hope_no_cms": {"selfmod", "surprise"},
-    "hope_no_selfmod": {"cms", "selfmod", "surprise"},  # selfmod: the memory component only
-    "hope_no_surprise": {"cms", "selfmod", "surprise"},
-    "titans": {"selfmod", "surprise"},  # surprise: the LM cross-entropy rows only
+    "hope": {"cms", "selfmod", "surprise", "intervene"},
+    "hope_no_cms": {"selfmod", "surprise", "intervene"},
+    "hope_no_selfmod": {"cms", "selfmod", "surprise", "intervene"},  # selfmod: the memory component only
+    "hope_no_surprise": {"cms", "selfmod", "surprise", "intervene"},
+    "titans": {"selfmod", "surprise", "intervene"},  # surprise: the LM cross-entropy rows only
     "transformer": {"surprise"},
     "transformer_matched": {"surprise"},
 }

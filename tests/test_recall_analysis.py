@@ -1,4 +1,4 @@
-"""The recall report (Figure 6, Table 3, recall findings) on a hand-built study with known accuracies."""
+"""The recall report (Figure 7, Table 4, recall findings) on a hand-built study with known accuracies."""
 
 from __future__ import annotations
 
@@ -82,9 +82,9 @@ def pd_isna(x) -> bool:
 def test_the_report_has_the_recall_figure_capacity_table_and_findings(study_root, tmp_path):
     study = load_results(study_root)
     readme = render_report(study, tmp_path / "rep", command="hopelab report rec").read_text()
-    png = tmp_path / "rep" / "figures" / "fig6_recall_tiny.png"
+    png = tmp_path / "rep" / "figures" / "fig7_recall_tiny.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (tmp_path / "rep" / "tables" / "table3_capacity.md").read_text()
+    table = (tmp_path / "rep" / "tables" / "table4_capacity.md").read_text()
     assert "| No Self-Mod | 64 | 64 | 2 |" in table and "| Transformer | 64 | 64 | < 2 |" in table
     findings = readme.split("## Findings")[1].split("<details>")[0]
     assert "Full HOPE 8 pairs" in findings and "No Self-Mod 2 pairs" in findings

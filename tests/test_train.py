@@ -35,6 +35,7 @@ REQUIRED = {
     "surprise": {"mean", "std", "min", "p10", "p50", "p90", "max", "gate_pass_rate"}
     | {f"ce_{k}" for k in ("mean", "std", "min", "p10", "p50", "p90", "max")},
     "gradflow": {"grad_norm", "grad_is_none", "grad_is_zero", "n_params_total", "n_grad_none", "n_grad_zero"},
+    "intervene": {"loss", "seq_loss", "seq_bucket_loss"},
 }
 
 
@@ -128,6 +129,12 @@ def test_run_directory_schema_probes_and_metrics(hope_run):
     positions = df[(df.probe == "selfmod") & (df.metric == "rel_drift_meta_fast")].position.dropna()
     assert sorted(positions.unique()) == [16, 32, 48, 64]
     assert df[(df.metric == "gate_pass_rate") & (df.component == "gate")].threshold.unique().tolist() == [0.02]
+    # intervene: the tracked switches on 8 sequences before the last step, every switch but the resets on 64 at it
+    iv = df[(df.probe == "intervene") & (df.metric == "seq_loss")]
+    assert set(iv[iv.step == 5].component) == {"none", "selfmod_writes_off", "all_writes_off"}
+    assert iv[iv.step == 5].level.nunique() == 8 and iv[iv.step == 15].level.nunique() == 64
+    assert set(iv[iv.step == 15].component) == {"none", "selfmod_writes_off", "memory_writes_off", "cms_writes_off",
+                                               "all_writes_off", "gate_open", "gate_closed"}
 
     # values move between checkpoints
     def value(probe, metric, step, **where):
@@ -309,3 +316,30 @@ def test_cli_user_errors_are_one_line_exit_2(args, expected, tmp_path, monkeypat
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_intervene_command_on_a_finished_run(hope_run, corpus):
+    """`hopelab intervene RUN_DIR --step 10 --switch ...`: the checkpoint rebuilt from itself, the asked switches
+    evaluated on the run's probe set, the rows written over the probe's own of that step, a table printed."""
+    from typer.testing import CliRunner
+
+    from hopelab.cli import app
+
+    spec, _ = hope_run
+    env = {"HOPELAB_CACHE": str(corpus[1])}
+    runner = CliRunner()
+    before = read_probes(spec.run_dir)
+    result = runner.invoke(app, ["intervene", str(spec.run_dir), "--step", "10", "--switch", "cms_writes_off",
+                                 "--switch", "reset_every_32"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "cms_writes_off" in result.output and "95% CI" in result.output
+    df = read_probes(spec.run_dir)
+    iv = df[(df.probe == "intervene") & (df.step == 10) & (df.metric == "seq_loss")]
+    assert set(iv.component) == {"none", "cms_writes_off", "reset_every_32"} and iv.level.nunique() == 64
+    old_none = before[(before.probe == "intervene") & (before.step == 10) & (before.metric == "seq_loss")
+                      & (before.component == "none")].sort_values("level").value.to_numpy()
+    new_none = iv[iv.component == "none"].sort_values("level").value.to_numpy()[:8]
+    assert new_none == pytest.approx(old_none, rel=1e-5)  # the same model and sequences as the probe saw
+    for bad, why in ((["--switch", "nope"], "unknown switch"), (["--step", "3"], "keeps checkpoints of steps 10, 15")):
+        err = runner.invoke(app, ["intervene", str(spec.run_dir), *bad], env=env).exception
+        assert isinstance(err, UserError) and why in str(err)  # main() prints it as one line, exit 2

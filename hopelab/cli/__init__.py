@@ -1,6 +1,5 @@
-"""The `hopelab` command line: one module per command (train, study, data, audit, report, bench), each thin
-(parse, call the library, print), with the options they share in `hopelab.cli.options`.
-
+"""The `hopelab` command line: one module per command (train, study, data, audit, report, bench, intervene), each
+thin (parse, call the library, print), with the options they share in `hopelab.cli.options`.
 A command never exits by itself: bad input raises `UserError` (one line on stderr, exit 2); work that failed
 raises `CommandFailed` (its message on stderr, exit 1 or its own code). `main` is the only place that exits.
 """
@@ -11,7 +10,7 @@ import sys
 
 import typer
 
-from hopelab.cli import audit, bench, data, report, study, train
+from hopelab.cli import audit, bench, data, intervene, report, study, train
 from hopelab.errors import CommandFailed, UserError
 from hopelab.malloc import keep_freed_memory
 
@@ -23,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (train, audit, report, bench, study, data):
+for command in (train, audit, report, bench, study, data, intervene):
     command.register(app)
 
 

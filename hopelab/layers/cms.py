@@ -80,12 +80,24 @@ class CMSLevel(FastMemory):
         up, down = carry
         return {"": {"W_up": up, "W_down": down}}
 
+    def reset_carry(self, carry):
+        state = self.initial_state(carry[0].shape[0])
+        return state.up, state.down
+
     def forward(self, x: torch.Tensor, state: CMSLevelState | None = None):
         """x [B, T, D] -> (branch [B, T, D], the state after it)."""
         state = state if state is not None else self.initial_state(x.shape[0])
         values = self.W_value(x)  # [B, T, D]
         lr = F.softplus(self.lr_raw)
+        intervention = self.execution.intervention
+        if intervention.freezes("cms"):  # no write: the in-context learning rate masked to 0 (Eq 71)
+            lr = torch.zeros_like(lr)
         S = self.chunk_tokens
+        reset = intervention.reset_every
+        if reset is not None and reset < S:  # steps of R tokens, so a reset falls between steps
+            if reset % self.period and self.period % reset:
+                raise ValueError(f"reset_every={reset} and the CMS period {self.period} must divide one another")
+            S = reset
         chunks = [(xs.shape[1], (xs, vs, lr)) for xs, vs in zip(x.split(S, dim=1), values.split(S, dim=1))]
         if self.objective == "kv":  # the keys ride along as the step's last argument
             chunks = [(n, (*args, ks)) for (n, args), ks in zip(chunks, self.W_key(x).split(S, dim=1))]

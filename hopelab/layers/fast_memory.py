@@ -12,12 +12,18 @@ A fast-memory layer has
 - recomputed: only the step's inputs are kept for backward, and the step runs again there
   (torch.utils.checkpoint, non-reentrant): the same numbers for far less memory;
 - traced: inside `trace_fast_states(model)` every step runs eager and reports each fast state it reaches.
+
+What each step may write is the Execution's `Intervention` (default: everything, as trained): a memory it
+freezes keeps its meta-learned initial state, the surprise gate can be forced, and the fast weights can be put
+back to their initial state every R tokens. `with_intervention(model, ...)` sets it on a built model (e.g. one
+loaded from a checkpoint); hopelab.interventions names the switches and measures what each one costs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +41,30 @@ PROJECTION_STD = 0.02  # GPT-2's init of a projection
 
 
 @dataclass(frozen=True)
+class Intervention:
+    """What the in-context mechanisms may write, read by each layer where its mechanism is computed. The default
+    changes nothing. The named switches (hopelab.interventions.switches) are instances of it."""
+
+    # memories that keep their meta-learned initial state (their reads still happen): SR-Titans / Titans
+    # component names ("k", "v", "eta", "alpha", "q", "memory") and "cms" (every CMS level)
+    frozen: tuple[str, ...] = ()
+    gate: Literal["learned", "open", "closed"] = "learned"  # the surprise gate as computed, or forced to 1 / 0
+    reset_every: int | None = None  # fast weights back to their initial state every this many tokens
+
+    def __post_init__(self) -> None:
+        if self.gate not in ("learned", "open", "closed"):
+            raise ValueError(f"gate must be 'learned', 'open' or 'closed', got {self.gate!r}")
+        if self.reset_every is not None and self.reset_every < 1:
+            raise ValueError(f"reset_every must be >= 1, got {self.reset_every}")
+
+    def freezes(self, memory: str) -> bool:
+        return memory in self.frozen
+
+
+NO_INTERVENTION = Intervention()
+
+
+@dataclass(frozen=True)
 class Execution:
     """How the fast-memory layers run, given when the model is built (`build_model(..., execution=)`), like
     fla's `mode`. It changes how a model computes, not what: compile to float rounding, recompute bit for bit,
@@ -43,8 +73,7 @@ class Execution:
     impl: Literal["chunked", "reference"] = "chunked"  # reference: token by token inside each step (Eq 88, 71)
     compile: bool = False  # torch.compile each layer's step (the chunked path only)
     recompute: bool = False  # keep only each step's inputs for backward and run the step again there
-    # The per-mechanism intervention switches (the interventions issue) belong here too: fields a layer reads
-    # where its mechanism is computed.
+    intervention: Intervention = NO_INTERVENTION  # what the fast weights may write (evaluation switches)
 
     def __post_init__(self) -> None:
         if self.impl not in ("chunked", "reference"):
@@ -78,6 +107,10 @@ class FastMemory(nn.Module):
         """The fast weights in `carry`, keyed and shaped like initial_states() with a leading batch dim."""
         raise NotImplementedError
 
+    def reset_carry(self, carry: Carry) -> Carry:
+        """`carry` with its fast weights back at their initial state (Intervention.reset_every)."""
+        raise NotImplementedError
+
     def step(self, carry: Carry, *chunk, record: Record | None = None) -> tuple[Any, Carry]:
         """One chunk -> (its outputs, the carry at its end). When tracing, `record(tokens into the chunk, carry)`
         is called for every state a complete update reaches."""
@@ -89,8 +122,15 @@ class FastMemory(nn.Module):
         record = _recorder(self, position)
         grad = torch.is_grad_enabled()
         compiled = _compiled(type(self).step) if self.execution.compile and grad and record is None else None
+        reset = self.execution.intervention.reset_every
         outs, start = [], 0
         for n, args in chunks:
+            if reset is not None:  # back to the initial state at every multiple of `reset` tokens
+                at = position + start
+                if (at + n - 1) // reset * reset > at:
+                    raise ValueError(f"reset_every={reset} falls inside a step of {n} tokens at token {at}")
+                if at and at % reset == 0:
+                    carry = self.reset_carry(carry)
             if record is not None:  # traced: eager, the step reports the states it reaches
                 out, carry = self.step(carry, *args, record=functools.partial(record, start))
             else:
@@ -114,6 +154,21 @@ def _compiled(step: Callable) -> Callable:
 def fast_memory_layers(model: nn.Module) -> list[FastMemory]:
     """The layers whose weights learn in context (what Execution's compile and recompute apply to)."""
     return [m for m in model.modules() if isinstance(m, FastMemory)]
+
+
+@contextlib.contextmanager
+def with_intervention(model: nn.Module, intervention: Intervention) -> Iterator[nn.Module]:
+    """Inside: every fast-memory layer of `model` (and the model's own `execution`, when it has one) runs with
+    `intervention`; the executions it had are put back after."""
+    holders = [m for m in model.modules() if isinstance(getattr(m, "execution", None), Execution)]
+    saved = [m.execution for m in holders]
+    for m in holders:
+        m.execution = dataclasses.replace(m.execution, intervention=intervention)
+    try:
+        yield model
+    finally:
+        for m, execution in zip(holders, saved):
+            m.execution = execution
 
 
 def memory_key(module_name: str, sub_key: str) -> str:

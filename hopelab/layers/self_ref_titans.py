@@ -173,6 +173,10 @@ class SelfReferentialTitans(FastMemory):
         stats = self.W_q.weight.new_zeros(batch, 3)
         return SelfRefTitansState(weights, stats, self.conv.initial_tail(batch), pos=0)
 
+    def reset_carry(self, carry):
+        weights, stats = carry
+        return self.initial_state(weights[0].shape[0]).weights, stats  # the surprise statistics carry on
+
     def fast_states(self, carry) -> dict[str, dict[str, torch.Tensor]]:
         """Each memory's fast weights in the parameter layout ([B, H, d, h], [B, H, h, d] or [B, H, d, d])."""
         weights, _ = carry
@@ -292,6 +296,9 @@ class SelfReferentialTitans(FastMemory):
         error = mk - v_hat  # [B, H, M, n, d]
         surprise = surprise_from_error(error[:, :, -1].detach())  # [B, n]   M_memory's inner loss
         gate, stats = surprise_gate(surprise, cfg.surprise_mode, cfg.surprise_threshold, stats)
+        intervention = self.execution.intervention
+        if intervention.gate != "learned":  # forced open (every token writes) or closed (none does)
+            gate = torch.full_like(gate, 1.0 if intervention.gate == "open" else 0.0)
         eta_w = eta * gate[:, None, :]  # [B, H, n]   gated η
         log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
         if cfg.chunk_grad == "mean":  # one DGD step of size η on the chunk's mean loss: η_t/C per token
@@ -321,10 +328,26 @@ class SelfReferentialTitans(FastMemory):
             else:
                 o, W = dgd_linear_memory_chunk(*args, read_weight=groups["memory"][0])
             weights = (W,)  # o_t = W_memory,t q_t
+        frozen = [intervention.freezes(c) for c in self.components]
+        if any(frozen):  # frozen memories keep their chunk-start (= initial) weights and are read there
+            weights = self._keep_frozen(frozen, carry[0], weights)
+            if frozen[-1]:  # M_memory (the last component): o_t = M_memory,0(q_t)
+                o = self._memories_on(groups["memory"], q)[0].squeeze(2)
         carry = (weights, stats)
         if record is not None and x_c.shape[2] == C:
             record(C, carry)
         return (o, (k, v, q, eta, log_alpha, surprise, gate)), carry
+
+    def _keep_frozen(self, frozen: list[bool], start: tuple, end: tuple) -> tuple:
+        """The stacked weights at the chunk end, with the rows of the `frozen` memories (one flag per component)
+        taken from the chunk start: the memories are independent row blocks of the stacked state."""
+        keep = torch.tensor(frozen, device=start[0].device)  # [M]
+        if self.cfg.memory == "linear":
+            rows = keep.repeat_interleave(start[0].shape[-1])[:, None]  # [M·d, 1]
+            return (torch.where(rows, start[0], end[0]),)
+        (W1_0, W2_0), (W1, W2) = start, end
+        rows = keep.repeat_interleave(W1.shape[-1])[:, None]  # [M·h, 1]
+        return torch.where(keep[:, None, None], W1_0, W1), torch.where(rows, W2_0, W2)
 
     def _emit_observed(self, seen: list[tuple], B: int, T: int, D: int) -> None:
         """Call the hook points of what the chunk steps observed (OBSERVED), for those with hooks attached."""

@@ -98,6 +98,10 @@ class TitansMemory(FastMemory):
         momentum = (torch.zeros_like(W1), torch.zeros_like(W2))  # the momentum starts at rest
         return TitansState((W1, W2), momentum, self.conv.initial_tail(batch), pos=0)
 
+    def reset_carry(self, carry):
+        state = self.initial_state(carry[0].shape[0])
+        return (*state.weights, *state.momentum)
+
     def fast_states(self, carry) -> dict[str, dict[str, torch.Tensor]]:
         W1, W2, _, _ = carry
         return {"memory": {"W1": W1, "W2": W2}}
@@ -143,6 +147,10 @@ class TitansMemory(FastMemory):
         cfg = self.cfg
         C = cfg.chunk_size
         W1, W2, S1, S2 = carry
+        if self.execution.intervention.freezes("memory"):  # no write: read the chunk-start (= initial) memory
+            if record is not None and k.shape[2] == C:
+                record(C, carry)
+            return mlp_memory_apply(W1, W2, q)[0], carry
         chunk_op = momentum_chunk_reference if self.execution.impl == "reference" else momentum_chunk
         mk, pre_k, hidden_k = mlp_memory_apply(W1, W2, k)  # chunk-start state (Eq 90)
         error = mk - v  # [B, H, n, d]

@@ -47,12 +47,15 @@ class StepDataModule(pl.LightningDataModule):
 
     def __init__(self, data, context_len: int, batch_size: int, seed: int, val_batches: int, probe_seed: int):
         super().__init__()
+        from hopelab.interventions import probe_set
+
         self.data = data
         self.batch_size = batch_size
         self.train_sampler = data.sampler("train", context_len, batch_size, seed)
         # fixed held-out batches: the same for every variant and every seed of a study
         self.val = data.sampler("val", context_len, batch_size, 0).val_batches(val_batches)
         self.probe = data.sampler("val", context_len, batch_size, probe_seed).batch(0)
+        self.probe_set = probe_set(data, context_len, probe_seed)  # the intervene probe's sequences
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -57,6 +57,19 @@ class RunLabels:
         }
 
 
+def probe_path(probe_dir: Path, probe: str, step: int) -> Path:
+    """Where the rows of `probe` at `step` live: `<probe>-step<k:06d>.parquet`."""
+    return Path(probe_dir) / f"{probe}-step{step:06d}.parquet"
+
+
+def write_probe_rows(probe_dir: Path, labels: RunLabels, probe: str, step: int, rows: list[dict[str, Any]]) -> Path:
+    """The rows of `probe` at `step`, with the run's identity columns, written atomically (replacing any)."""
+    base = {**labels.row(step), "probe": probe}
+    path = probe_path(probe_dir, probe, step)
+    write_parquet_atomic(rows_to_table(({**base, **r} for r in rows), PROBE_SCHEMA), path)
+    return path
+
+
 class Probe(abc.ABC):
     """One probe family: rows at a probe step, and what it remembers across steps (its state_dict)."""
 
@@ -90,21 +103,22 @@ class ProbeCallback(Callback):
         schedule: Schedule,
         batch: tuple[torch.Tensor, torch.Tensor],
         labels: RunLabels,
+        probe_set: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.probes = probes
         self.probe_dir = Path(probe_dir)
         self.schedule = schedule
         self.batch = batch  # x [B, T], y [B, T]
         self.labels = labels
+        self.probe_set = probe_set  # x, y [N, T]: the larger set the intervene probe evaluates (None: `batch`)
         self.errors: list[str] = []
         self.time_s = 0.0  # wall time spent inside the probes (for the overhead benchmark)
 
     def path(self, probe: str, step: int) -> Path:
-        return self.probe_dir / f"{probe}-step{step:06d}.parquet"
+        return probe_path(self.probe_dir, probe, step)
 
     def write(self, probe: str, step: int, rows: list[dict[str, Any]]) -> None:
-        base = {**self.labels.row(step), "probe": probe}
-        write_parquet_atomic(rows_to_table(({**base, **r} for r in rows), PROBE_SCHEMA), self.path(probe, step))
+        write_probe_rows(self.probe_dir, self.labels, probe, step, rows)
 
     def warn(self, message: str) -> None:
         log.warning(message)
@@ -148,7 +162,7 @@ class ProbeCallback(Callback):
         """Every probe at `step` (rank 0 only), sharing one probe forward."""
         if trainer is not None and not trainer.is_global_zero:
             return
-        at = ProbeStep(pl_module.model, step, self.batch, trainer)
+        at = ProbeStep(pl_module.model, step, self.batch, trainer, self.probe_set, step == self.schedule.total_steps)
         for probe in self.probes:
             self._guarded(probe.name, step, self._collect_and_write, probe, at)
 

@@ -129,13 +129,16 @@ class ProbeStep:
     first use and then shared by the probes of this step (an error is raised to every probe that asks)."""
 
     def __init__(
-        self, model: nn.Module, step: int, batch: tuple[torch.Tensor, torch.Tensor], trainer: pl.Trainer | None = None
+        self, model: nn.Module, step: int, batch: tuple[torch.Tensor, torch.Tensor], trainer: pl.Trainer | None = None,
+        probe_set: tuple[torch.Tensor, torch.Tensor] | None = None, final: bool = False,
     ) -> None:
         self.model = model
         self.step = step
         self.sites = sites_of(model)
         self.batch = batch  # x [B, T], y [B, T]
         self.trainer = trainer
+        self.probe_set = probe_set if probe_set is not None else batch  # x, y [N, T]: the intervention probe set
+        self.final = final  # the run's last step
         self._result: ProbeForward | Exception | None = None
 
     def forward(self) -> ProbeForward:

@@ -66,7 +66,7 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     schedule = Schedule(train_cfg.ckpt_every, train_cfg.steps)
     labels = RunLabels(spec.run_id, spec.study, spec.variant, spec.scale, spec.seed,
                        tokens_per_step=train_cfg.batch_size * model_cfg.context_len)
-    probes = make_probes(run_dir.probes, schedule, dm.probe, labels) if spec.probes else None
+    probes = make_probes(run_dir.probes, schedule, dm.probe, labels, probe_set=dm.probe_set) if spec.probes else None
     on_step, bar = (progress, contextlib.nullcontext()) if progress is not None or not rank0 else _step_bar(
         f"{spec.variant} {spec.scale} seed{spec.seed}", train_cfg.steps, resume_step)
     callbacks: list[pl.Callback] = [TrainMetrics(labels, schedule, run_dir.metrics, dm.val, on_step)]

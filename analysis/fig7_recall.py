@@ -1,4 +1,4 @@
-"""Figure 6: in-context recall (synthetic MQAR). (a) exact-match accuracy on the answer positions against the
+"""Figure 7: in-context recall (synthetic MQAR). (a) exact-match accuracy on the answer positions against the
 number of key-value pairs, one line per variant, for each (sequence length, width) the study ran; (b) accuracy
 against the distance back to the key, at the number of pairs where the variants differ most.
 """
@@ -16,7 +16,7 @@ from analysis.select import seed_band
 from analysis.stats import CONFIDENCE
 from analysis.style import DPI, display_name, new_figure, panel_label, paper_style, save_figure, spread, variant_color
 
-NUMBER = 6
+NUMBER = 7
 TITLE = "In-context recall"
 
 

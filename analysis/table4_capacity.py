@@ -1,4 +1,4 @@
-"""Table 3: recall capacity. Per variant, sequence length and width: the largest number of key-value pairs
+"""Table 4: recall capacity. Per variant, sequence length and width: the largest number of key-value pairs
 solved at >= 90% accuracy (synthetic MQAR), beside the accuracy at every number of pairs tested.
 """
 
@@ -12,9 +12,9 @@ from analysis.recall import SOLVED, capacity, recall_cells, recall_runs, variant
 from analysis.stats import CONFIDENCE, fmt_pm
 from analysis.style import display_name
 
-NUMBER = 3
+NUMBER = 4
 TITLE = "Recall capacity"
-STEM = "table3_capacity"
+STEM = "table4_capacity"
 
 
 def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Skipped:
