@@ -49,9 +49,12 @@ def is_recall_study(study: StudyResults) -> bool:
     return bool(len(data)) and all(isinstance(d, str) and is_synthetic(d) for d in data)
 
 
-def recall_probe_rows(study: StudyResults, scale: str) -> pd.DataFrame:
+def recall_probe_rows(study: StudyResults, scale: str, switch: str | None = None) -> pd.DataFrame:
+    """The recall rows at `scale`: as trained (switch None), or measured with one intervention switch on
+    (their `component`, hopelab.probes.recall)."""
     p = study.probes
-    return p[(p["scale"] == scale) & (p["probe"] == "recall")]
+    p = p[(p["scale"] == scale) & (p["probe"] == "recall")]
+    return p[p["component"].isna()] if switch is None else p[p["component"] == switch]
 
 
 def recall_runs(study: StudyResults, scale: str) -> pd.DataFrame:

@@ -256,3 +256,31 @@ def test_the_surprise_probe_takes_cross_entropy_quantiles_over_answer_positions_
     with torch.no_grad():
         want = lm_loss(model(batch[0]), batch[1])  # the mean over the 16 answers
     assert rows["ce_mean"] == pytest.approx(float(want), rel=1e-5) and rows["ce_min"] > 0
+
+
+@pytest.mark.parametrize("variant", ["hope", "titans", "transformer"])
+def test_the_recall_probe_measures_accuracy_again_with_each_write_switch_it_applies_to(variant):
+    from hopelab.config import ModelConfig
+    from hopelab.interventions import applies, switched
+    from hopelab.models import build_model
+    from hopelab.probes.forward import ProbeStep
+    from hopelab.probes.recall import WRITE_SWITCHES, RecallProbe, recall_accuracy
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, context_len=32, chunk_size=8, cms_periods=(8,))
+    model = build_model(variant, cfg)
+    batch = prepare("synthetic:mqar?pairs=4&len=32&vocab=32").sampler("val", 32, 4).batch(0)
+    rows = RecallProbe().collect(ProbeStep(model, 0, batch))
+    as_trained = [r for r in rows if r.get("component") is None]
+    assert as_trained == recall_accuracy(model, batch)  # the switches leave the model as it was
+    expected = [s for s in WRITE_SWITCHES if applies(model, s)]
+    assert {r.get("component") for r in rows} - {None} == set(expected)
+    assert (expected == []) == (variant == "transformer")
+    for name in expected:
+        with switched(model, name):
+            want = recall_accuracy(model, batch)
+        got = [{k: v for k, v in r.items() if k != "component"} for r in rows if r.get("component") == name]
+        assert got == want
+    loss = {r.get("component"): r["value"] for r in rows if r["metric"] == "answer_loss"}
+    if "all_writes_off" in loss:  # the writes change what the model predicts
+        assert loss["all_writes_off"] != loss[None]

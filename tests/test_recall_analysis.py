@@ -94,3 +94,17 @@ def test_the_report_has_the_recall_figure_capacity_table_and_findings(study_root
     cms = next(line for line in findings.splitlines() if "removing the CMS" in line)
     assert "lowers" not in cms and "raises" not in cms  # within a point of hope everywhere: not detectable
     assert "Lowest final validation loss" not in readme  # a recall study is judged by accuracy, not loss
+
+
+def test_the_recall_figures_read_the_rows_as_trained_and_a_switch_reads_its_own():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analysis.recall import recall_probe_rows
+
+    probes = pd.DataFrame({"scale": ["tiny"] * 3, "probe": ["recall"] * 3, "metric": ["accuracy"] * 3,
+                           "component": [None, "all_writes_off", None], "value": [0.9, 0.1, 0.8]})
+    study = SimpleNamespace(probes=probes)
+    assert recall_probe_rows(study, "tiny")["value"].tolist() == [0.9, 0.8]
+    assert recall_probe_rows(study, "tiny", "all_writes_off")["value"].tolist() == [0.1]

@@ -13,7 +13,9 @@ of two; null = every answer position):
     answer_loss    mean cross-entropy on the answer positions (position null only)
 
 `recall_accuracy(model, batch)` computes the same rows with a forward of its own, so they can be measured
-again under an intervention (writes switched off) on any model and batch.
+again under an intervention (hopelab.interventions). The probe does so for the write switches a model has
+(WRITE_SWITCHES): those rows carry the switch's name in `component`; the rows as trained have none. Recall
+that survives `all_writes_off` does not come from in-context memory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from torch import nn
 from hopelab.data.synthetic import IGNORE_INDEX
 from hopelab.probes.base import Probe
 from hopelab.probes.forward import ProbeStep, eval_mode
+
+WRITE_SWITCHES = ("selfmod_writes_off", "cms_writes_off", "all_writes_off")
 
 
 def answer_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -84,6 +88,15 @@ class RecallProbe(Probe):
     name = "recall"
 
     def collect(self, at: ProbeStep) -> list[dict[str, Any]]:
+        from hopelab.interventions import applies, switched  # imports the models: not at module level
+
         fwd = at.forward()
         x = at.batch[0].to(fwd.targets.device)
-        return recall_rows(fwd.logits, fwd.targets, answer_distances(x, fwd.targets))
+        rows = recall_rows(fwd.logits, fwd.targets, answer_distances(x, fwd.targets))
+        if not any(r["metric"] == "answers" and r["value"] < x.numel() for r in rows):
+            return rows  # a corpus: every position is an answer, the rows are next-token accuracy
+        for name in WRITE_SWITCHES:
+            if applies(at.model, name):
+                with switched(at.model, name):
+                    rows += [{**r, "component": name} for r in recall_accuracy(at.model, at.batch)]
+        return rows
