@@ -63,7 +63,7 @@ def intervene_command(
     losses = evaluate_switches(model, (x, y), [n for n in asked if n in have])
     path = write_probe_rows(trained.run_dir.probes, trained.labels, "intervene", trained.step,
                             intervention_rows(losses))
-    _print_table(Console(soft_wrap=True), trained, losses[NONE], switch_effects(losses))
+    _print_table(Console(soft_wrap=True, width=max(Console().width, 100)), trained, losses[NONE], switch_effects(losses))
     console.print(f"rows -> {path}")
 
 
@@ -73,7 +73,7 @@ def _print_table(console, trained, none, effects) -> None:
     table = Table(title=f"{trained.spec.run_id} step {trained.step}: Δ loss vs none (nats), {none.shape[0]} "
                         f"sequences × {none.shape[1]} tokens, loss(none) = {float(none.mean()):.4f}")
     for col in ("switch", "Δ", "95% CI", "Δ first bucket", "Δ last bucket"):
-        table.add_column(col, justify="left" if col == "switch" else "right")
+        table.add_column(col, justify="left" if col == "switch" else "right", no_wrap=True)  # never cut a name
     for e in effects:
         first, last = e.buckets[0], e.buckets[-1]
         table.add_row(e.switch, f"{e.delta.mean:+.4f}", f"[{e.delta.lo:+.4f}, {e.delta.hi:+.4f}]",
