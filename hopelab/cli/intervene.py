@@ -63,7 +63,8 @@ def intervene_command(
     losses = evaluate_switches(model, (x, y), [n for n in asked if n in have])
     path = write_probe_rows(trained.run_dir.probes, trained.labels, "intervene", trained.step,
                             intervention_rows(losses))
-    _print_table(Console(soft_wrap=True, width=max(Console().width, 100)), trained, losses[NONE], switch_effects(losses))
+    wide = Console(soft_wrap=True, width=max(Console().width, 100))
+    _print_table(wide, trained, losses[NONE], switch_effects(losses))
     console.print(f"rows -> {path}")
 
 
