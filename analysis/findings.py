@@ -15,7 +15,7 @@ from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
 from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
 from analysis.style import display_name
-from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name
+from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name, references_at
 
 # Thresholds that turn numbers into words (listed in the report).
 DELTA_EPS = 0.01  # nats: with one seed (no interval), |Δ| at or below this is "no difference"
@@ -25,8 +25,13 @@ GATE_NOOP = 0.99  # gate pass rate at the configured τ at or above: the gate is
 GATE_SELECTIVE = 0.90  # at or below: the gate is selective
 POSITION_GROWTH = 0.20  # relative drift at the last position / first position − 1 above: continual adaptation
 EARLY_DRIFT = 0.80  # meta-state drift at the first checkpoint / last: "moved early, then flat" at or above
+UNIGRAM_MARGIN = 0.5  # nats: a variant ending less than this below the unigram reference has learned little
+# more than token frequencies, and comparing such variants measures early training, not the architectures
 
 THRESHOLDS = [
+    f"a variant whose final loss is less than {UNIGRAM_MARGIN} nats below the unigram reference (an add-one "
+    "unigram fit on train, scored on val) has learned little beyond token frequencies; when one does, the "
+    "report says its comparison measures early training, not the architectures",
     f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 "
     f"(with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested)",
     f"CMS levels are called redundant when the cosine similarity of their outputs is ≥ {COS_REDUNDANT}, "
@@ -255,6 +260,35 @@ def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Clai
     return _claim("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): ", parts, numbers)
 
 
+def _regime(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim | None:
+    """Where the final losses sit between the unigram and bigram references of the data."""
+    parts, numbers = [], {}
+    for scale in scales:
+        refs = references_at(study, scale)
+        d = ab[(ab["scale"] == scale) & (ab["n_done"] > 0)]
+        if "unigram" not in refs or d.empty:
+            continue
+        uni, bi = refs["unigram"], refs.get("bigram", math.nan)
+        below = refs["unigram"] - d["mean"]  # nats under the unigram line, per variant
+        near = d[below < UNIGRAM_MARGIN]
+        gap = d["mean"] - uni  # negative: below the unigram line
+        span = f"{gap.min():+.2f}" if len(d) == 1 else f"{gap.min():+.2f} to {gap.max():+.2f}"
+        text = f"at {scale}, final loss − unigram reference ({uni:.3f}) = {span} nats".replace("-", "−")
+        if not math.isnan(bi):
+            above_bi = int((d["mean"] > bi).sum())
+            text += f"; {above_bi} of {len(d)} above the bigram reference ({bi:.3f})"
+        if len(near) == len(d):
+            text += (f": every variant is within {UNIGRAM_MARGIN} nats of unigram, so this comparison measures early "
+                     "training (how fast each learns token frequencies), not the architectures")
+        elif len(near):
+            text += (f": {', '.join(near['display'])} within {UNIGRAM_MARGIN} nats of unigram — comparisons involving "
+                     "them measure early training, not the architectures")
+        parts.append(text)
+        numbers[scale] = {"unigram": uni, "bigram": bi, "below_min": float(below.min()),
+                          "below_max": float(below.max()), "n_near_unigram": len(near), "n": len(d)}
+    return _claim("training regime", "Training regime: ", parts, numbers)
+
+
 def _best(ab: pd.DataFrame, scales: list[str]) -> Claim | None:
     parts = []
     for scale in scales:
@@ -308,6 +342,7 @@ def compute_findings(study: StudyResults, scales: list[str] | None = None) -> li
     scales = scales or study.scales
     ab = ablation_summary(study, scales)
     out = [
+        _regime(study, ab, scales),
         _ablation_finding(ab, scales, "hope_no_selfmod"),
         _selfmod_dynamics(study, scales),
         _ablation_finding(ab, scales, "hope_no_cms"),

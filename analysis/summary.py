@@ -176,3 +176,23 @@ def sweep_summary(study: StudyResults, scale: str) -> pd.DataFrame:
         r["order"] = (2 if r["gate_off"] else 1 if r["surprise_mode"] == "relative" else 0, tau)
     out = pd.DataFrame(rows).sort_values("order", kind="stable").drop(columns="order")
     return out.reset_index(drop=True)
+
+
+REFERENCE_NAMES = {"unigram": "Unigram (reference)", "bigram": "Bigram (reference)"}
+
+
+def references_at(study: StudyResults, scale: str) -> dict[str, float]:
+    """{"unigram": nats, "bigram": nats} of the data the runs at `scale` trained on (hopelab.data.references),
+    taken from full HOPE's runs when they have them, else from any run; {} when no run recorded them (a
+    study trained before references were stored). Runs on other data (a --set vocab_size cell) differ: the
+    reference run's data is the one Table 1 compares against."""
+    runs = study.runs_at(scale)
+    ref = reference_run_name(study, scale)
+    own = runs[runs["run_name"] == ref] if ref else runs.iloc[:0]
+    out = {}
+    for name in REFERENCE_NAMES:
+        values = own[f"ref_{name}"].dropna()
+        values = values if len(values) else runs[f"ref_{name}"].dropna()
+        if len(values):
+            out[name] = float(values.median())
+    return out

@@ -46,6 +46,8 @@ SEED_OFFSET = [0.000, 0.021, -0.013, 0.008, -0.017]
 GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]
 _NORMAL = NormalDist()
 FAILED = ("tiny", "hope_no_cms", 2, 120)  # scale, variant, seed, step at which the loss became NaN
+# (unigram, bigram) reference val losses of each scale's data (hopelab.data.references), in config.json
+REFERENCES = {"tiny": (5.80, 4.90), "small": (6.40, 4.60)}
 N_PARAMS = {"hope": 1.00, "hope_no_cms": 0.93, "hope_no_selfmod": 0.90, "hope_no_surprise": 1.00, "titans": 0.85,
             "transformer": 0.80, "transformer_matched": 1.02}
 
@@ -140,7 +142,7 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
 
 def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed: int, steps: int, ckpt_every: int,
                final: float, overrides: dict, status: str, fail_step: int | None, rng: np.random.Generator,
-               t0: float) -> dict:
+               t0: float, refs: tuple[float, float] | None = None) -> dict:
     spec = RunSpec(variant=variant, scale=scale, seed=seed, study=study, steps=steps, out=str(root.parent),
                    model_overrides=dict(overrides), tag=tag)
     preset = get_scale(scale)
@@ -148,8 +150,10 @@ def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed:
     train = dataclasses.replace(preset.train, steps=steps, ckpt_every=ckpt_every, seed=seed)
     run_dir = spec.run_dir
     n_params = int(N_PARAMS[variant] * (1.6e6 if scale == "tiny" else 19.0e6))
+    data = {"references": {"unigram": refs[0], "bigram": refs[1]}} if refs else {}
     write_json_atomic({"spec": dataclasses.asdict(spec), "model": to_dict(model), "train": to_dict(train),
-                       "variant": variant, "scale": scale, "n_params": n_params}, run_dir / "config.json")
+                       "variant": variant, "scale": scale, "n_params": n_params, "data": data},
+                      run_dir / "config.json")
 
     tokens_per_step = train.batch_size * model.context_len
     ident = {"run_id": spec.run_id, "study": study, "variant": variant, "scale": scale, "seed": seed}
@@ -204,13 +208,15 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
                           seeds: tuple[int, ...] = (0, 1, 2), variants: list[str] | None = None,
                           sweep: tuple[float, ...] = (0.005, 0.05), steps: int = 150, ckpt_every: int = 50,
                           failed: tuple | None = FAILED, in_progress: bool = False, overrides: dict | None = None,
-                          rng_seed: int = 0) -> Path:
+                          rng_seed: int = 0, references: dict | None = None) -> Path:
     """Write the study under `out` and return its root `<out>/<study>`.
 
     failed: (scale, variant, seed, step) of the run whose loss becomes NaN, or None.
     in_progress: also a running run (partial files, no final loss) and a pending one (in study.json only).
     overrides: model overrides of every run (a study-wide `--set`, e.g. {"dim": 32}).
+    references: {scale: (unigram, bigram)} stored in every run's config.json; None: REFERENCES.
     """
+    references = REFERENCES if references is None else references
     rng = np.random.default_rng(rng_seed)
     root = Path(out) / study
     variants = list(variants or VARIANTS)
@@ -230,7 +236,7 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
                 if failed is not None and (scale, variant, seed) == tuple(failed[:3]) and not tag:
                     status, fail_step = "failed", int(failed[3])
                 entries.append(_write_run(root, study, scale, variant, tag, seed, steps, ckpt_every, final,
-                                          cell_overrides, status, fail_step, rng, t0))
+                                          cell_overrides, status, fail_step, rng, t0, references.get(scale)))
                 t0 += 97.0
     if in_progress:
         scale, seed = scales[-1], max(seeds) + 1

@@ -105,6 +105,8 @@ def test_run_directory_schema_probes_and_metrics(hope_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["variant"] == "hope" and config["model"]["dim"] == 32 and config["train"]["steps"] == STEPS
     assert config["n_params"] > 0 and config["spec"]["seed"] == 0
+    refs = config["data"]["references"]  # the report's unigram/bigram lines (tests/test_references.py)
+    assert 0 < refs["bigram"] < refs["unigram"] <= math.log(config["model"]["vocab_size"]) + 0.5
 
     # checkpoints: the last two, each carrying the resolved config
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())

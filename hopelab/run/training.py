@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from hopelab.config import ModelConfig, TrainConfig, to_dict
+from hopelab.data.references import references
 from hopelab.errors import UserError
 from hopelab.lit.datamodule import StepDataModule
 from hopelab.lit.metrics import TrainMetrics, evaluate
@@ -140,7 +141,8 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
         "scale": spec.scale,
         "n_params": count_parameters(module.model),
         "identity": identity,
-        "data": {k: data.meta.get(k) for k in ("key", "documents", "train_tokens", "val_tokens") if k in data.meta},
+        "data": {**{k: data.meta.get(k) for k in ("key", "documents", "train_tokens", "val_tokens") if k in data.meta},
+                 "references": references(data).to_dict()},  # unigram/bigram val loss: the report's scale
     }
     module.run_config = config
     return module, config, executed

@@ -1,0 +1,63 @@
+"""Findings wording against synthetic studies with a known answer (tests/synthetic_study.py): the reference
+lines (unigram / bigram) and where the variants sit between them."""
+
+from __future__ import annotations
+
+from analysis.findings import UNIGRAM_MARGIN, compute_findings
+from analysis.load import load_results
+from analysis.table1_ablation import build as build_table1
+
+try:
+    from synthetic_study import BASE_LOSS, TRUE_DELTA, build_synthetic_study
+except ImportError:  # tests/ imported as a package
+    from tests.synthetic_study import BASE_LOSS, TRUE_DELTA, build_synthetic_study
+
+
+def _study(tmp_path, variants, references, seeds=(0, 1)):
+    root = build_synthetic_study(tmp_path, scales=("tiny",), seeds=seeds, variants=variants, sweep=(), failed=None,
+                                 references=references)
+    return load_results(root)
+
+
+def _claim(study, topic):
+    return next((c for c in compute_findings(study) if c.topic == topic), None)
+
+
+def test_variants_near_unigram_are_said_to_measure_early_training(tmp_path):
+    # hope ends at 5.40, titans at 5.40 + 0.362: with unigram 5.70 both are within the margin
+    assert 5.70 - BASE_LOSS["tiny"] < UNIGRAM_MARGIN
+    claim = _claim(_study(tmp_path, ["hope", "titans"], {"tiny": (5.70, 4.90)}), "training regime")
+    assert "every variant is within 0.5 nats of unigram" in claim.text
+    assert "measures early training" in claim.text and "2 of 2 above the bigram reference (4.900)" in claim.text
+    assert claim.numbers["tiny"]["n_near_unigram"] == 2
+
+
+def test_only_the_variants_near_unigram_are_named(tmp_path):
+    # transformer ends 0.336 under hope: 5.70 - 5.064 = 0.64 nats below unigram, outside the margin
+    assert 5.70 - (BASE_LOSS["tiny"] + TRUE_DELTA["transformer"][0]) > UNIGRAM_MARGIN
+    text = _claim(_study(tmp_path, ["hope", "transformer"], {"tiny": (5.70, 4.90)}), "training regime").text
+    assert "Full HOPE within 0.5 nats of unigram" in text and "Transformer within" not in text
+    assert "every variant" not in text
+
+
+def test_variants_far_below_unigram_make_no_early_training_remark(tmp_path):
+    study = _study(tmp_path, ["hope", "transformer"], {"tiny": (8.0, 6.0)})  # both end under the bigram too
+    text = _claim(study, "training regime").text
+    assert "early training" not in text and "0 of 2 above the bigram" in text
+    gap = study.runs.groupby("run_name")["final_val_loss"].mean() - 8.0
+    assert f"final loss − unigram reference (8.000) = −{-gap.min():.2f} to −{-gap.max():.2f} nats" in text
+
+
+def test_table1_carries_the_reference_rows_and_old_studies_do_without(tmp_path):
+    table = build_table1(_study(tmp_path / "a", ["hope", "transformer"], {"tiny": (8.0, 5.0)}))
+    assert "| Unigram (reference) | 8.000 |" in table.markdown
+    assert "| Bigram (reference) | 5.000 |" in table.markdown and "Witten-Bell" in table.caption
+    assert (table.data["ref_unigram"] == 8.0).all() and (table.data["ref_bigram"] == 5.0).all()
+    old = build_table1(_study(tmp_path / "b", ["hope", "transformer"], {}))
+    assert "reference)" not in old.markdown
+    assert _claim(_study(tmp_path / "c", ["hope"], {}), "training regime") is None
+
+
+def test_a_variant_above_unigram_counts_as_near(tmp_path):
+    text = _claim(_study(tmp_path, ["hope"], {"tiny": (5.0, 4.0)}), "training regime").text
+    assert "every variant is within" in text and "(5.000) = +0.4" in text
