@@ -15,7 +15,14 @@ from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
 from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
 from analysis.style import display_name
-from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name, references_at
+from analysis.summary import (
+    ablation_run_names,
+    ablation_summary,
+    gate_operating_points,
+    gate_pass_rate,
+    reference_run_name,
+    references_at,
+)
 
 # Thresholds that turn numbers into words (listed in the report).
 DELTA_EPS = 0.01  # nats: with one seed (no interval), |Δ| at or below this is "no difference"
@@ -183,22 +190,54 @@ def _gate_finding(study: StudyResults, scales: list[str]) -> Claim | None:
         if ref is None or tau.empty:
             continue
         tau = float(tau.iloc[0])
+        relative = (runs.loc[runs["run_name"] == ref, "surprise_mode"] == "relative").any()
         rate, rate_min, n = gate_pass_rate(study, scale, ref, tau)
         if math.isnan(rate):
             continue
         word = ("effectively a no-op" if rate >= GATE_NOOP else "selective" if rate <= GATE_SELECTIVE
                 else "mildly selective")
-        text = (f"at {scale}, {fmt_pct(rate)} of tokens pass at τ = {tau:g} (lowest layer {fmt_pct(rate_min)}, "
+        at = f"the relative gate (z-score > {tau:g})" if relative else f"τ = {tau:g}"
+        text = (f"at {scale}, {fmt_pct(rate)} of tokens pass at {at} (lowest layer {fmt_pct(rate_min)}, "
                 f"n = {n} seed(s)): the gate is {word}")
         rows, _ = probe_rows(study, scale, "surprise")
         last = last_step_rows(rows[(rows["run_name"] == ref) & rows["metric"].isin(["p10", "p50"])])
         if len(last):
             q = last.groupby("metric")["value"].mean()
-            if "p10" in q and tau > 0:
+            if "p10" in q and tau > 0 and not relative:
                 text += f"; median surprise {q.get('p50', math.nan):.3g}, p10 {q['p10']:.3g} = {q['p10'] / tau:.3g}×τ"
         parts.append(text)
         numbers[scale] = {"pass_rate": rate, "pass_rate_min_layer": rate_min, "tau": tau}
     return _claim("surprise gate", "Surprise gate: ", parts, numbers)
+
+
+def _gate_closure(study: StudyResults, scales: list[str]) -> Claim | None:
+    """For every gated run: could its gate close at all, i.e. is an absolute τ above the smallest surprise?"""
+    parts, numbers = [], {}
+    for scale in scales:
+        ops = gate_operating_points(study, scale)
+        if ops.empty:
+            continue
+        shut, open_ = [], []
+        for _, r in ops.iterrows():
+            setting = (f"relative, z > {r['surprise_threshold']:g}" if r["surprise_mode"] == "relative"
+                       else f"τ = {r['surprise_threshold']:g}")
+            floor = "" if math.isnan(r["surprise_min"]) else f", smallest surprise {r['surprise_min']:.3g}"
+            item = f"{r['display']} ({setting}{floor}, {fmt_pct(r['pass_rate'])} pass)"
+            if r["could_close"] == 0:
+                shut.append(item)
+            elif r["could_close"] == 1:
+                open_.append(item)
+            numbers[(scale, r["run_name"])] = {"could_close": r["could_close"], "tau_below_min": r["tau_below_min"],
+                                               "surprise_min": r["surprise_min"], "pass_rate": r["pass_rate"]}
+        bits = []
+        if shut:
+            bits.append("the gate could not close (τ below the smallest surprise observed, or every token passed) in "
+                        + ", ".join(shut))
+        if open_:
+            bits.append("it could close in " + ", ".join(open_))
+        if bits:
+            parts.append(f"at {scale}, " + "; ".join(bits))
+    return _claim("gate closure", "Gate operating point: ", parts, numbers)
 
 
 def _selfmod_dynamics(study: StudyResults, scales: list[str]) -> Claim | None:
@@ -349,6 +388,7 @@ def compute_findings(study: StudyResults, scales: list[str] | None = None) -> li
         _cms_finding(study, scales),
         _ablation_finding(ab, scales, "hope_no_surprise"),
         _gate_finding(study, scales),
+        _gate_closure(study, scales),
         _baselines(study, ab, scales),
         _best(ab, scales),
         _failures(study, scales),

@@ -5,8 +5,9 @@
 
 Layout (the on-disk contract of COMMON.md): `<out>/<study>/study.json` and
 `<out>/<study>/<scale>/<run_name>/seed<k>/{config.json, manifest.json, metrics.parquet, probes/*.parquet}`.
-Every variant at two scales with three seeds, a surprise-threshold sweep of hope (run names hope-tau<τ>) at the
-first scale, probe rows of every kind (cms, selfmod, surprise, gradflow) and one failed run (NaN at a step).
+Every variant at two scales with three seeds, a surprise-threshold sweep of hope at the first scale (run
+names hope-tau<τ>, absolute gates; "relative" in `sweep` adds hope-relative), probe rows of every kind (cms,
+selfmod, surprise, gradflow) and one failed run (NaN at a step).
 Losses follow `TRUE_DELTA` (variant minus full HOPE) plus a per-seed offset shared by all variants and a small
 per-run noise, so the analysis can be checked against known ground truth.
 """
@@ -39,8 +40,10 @@ TRUE_DELTA = {
     "transformer_matched": (-0.30, 0.700),
     "hope-tau0.005": (0.073, 0.07),
     "hope-tau0.05": (0.006, 0.01),
-    "hope-tau0.02": (0.0, 0.0),  # the default threshold: full HOPE under another name
+    "hope-tau0.02": (0.002, 0.001),
+    "hope-relative": (0.0, 0.0),  # the default gate: full HOPE under another name
 }
+RELATIVE_PASS = 0.35  # realised gate pass rate of a relative-mode run (the default gate)
 SEED_OFFSET = [0.000, 0.021, -0.013, 0.008, -0.017]
 # as hopelab.probes.surprise.THRESHOLD_GRID
 GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]
@@ -115,7 +118,10 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
                 for name, value in {**q, "mean": mean, "std": std}.items():
                     rows["surprise"].append(dict(r, metric=name, value=value))
                 off = model.surprise_mode == "off"
-                gate = 1.0 if off else 1.0 - _NORMAL.cdf((math.log(tau) - mu) / sigma) if tau > 0 else 1.0
+                if off or model.surprise_mode == "relative":  # relative: τ is a z-score; a typical share passes
+                    gate = 1.0 if off else RELATIVE_PASS
+                else:
+                    gate = 1.0 - _NORMAL.cdf((math.log(tau) - mu) / sigma) if tau > 0 else 1.0
                 rows["surprise"].append(dict(r, metric="gate_pass_rate", component="gate", threshold=tau, value=gate))
                 for t in GATE_GRID:  # what the gate would pass at other thresholds
                     if t != tau:
@@ -206,7 +212,7 @@ def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed:
 
 def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tuple[str, ...] = ("tiny", "small"),
                           seeds: tuple[int, ...] = (0, 1, 2), variants: list[str] | None = None,
-                          sweep: tuple[float, ...] = (0.005, 0.05), steps: int = 150, ckpt_every: int = 50,
+                          sweep: tuple = (0.005, 0.05), steps: int = 150, ckpt_every: int = 50,
                           failed: tuple | None = FAILED, in_progress: bool = False, overrides: dict | None = None,
                           rng_seed: int = 0, references: dict | None = None) -> Path:
     """Write the study under `out` and return its root `<out>/<study>`.
@@ -226,7 +232,10 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
         common = dict(overrides or {})
         cells = [(v, "", dict(common)) for v in variants]
         if si == 0:
-            cells += [("hope", f"tau{t:g}", {**common, "surprise_threshold": t}) for t in sweep]
+            cells += [("hope", "relative", {**common, "surprise_mode": "relative", "surprise_threshold": 0.0})
+                      if t == "relative" else
+                      ("hope", f"tau{t:g}", {**common, "surprise_mode": "absolute", "surprise_threshold": t})
+                      for t in sweep]
         for variant, tag, cell_overrides in cells:
             run_name = f"{variant}-{tag}" if tag else variant
             for seed in seeds:

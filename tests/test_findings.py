@@ -6,11 +6,12 @@ from __future__ import annotations
 from analysis.findings import UNIGRAM_MARGIN, compute_findings
 from analysis.load import load_results
 from analysis.table1_ablation import build as build_table1
+from analysis.table2_sweep import build as build_table2
 
 try:
-    from synthetic_study import BASE_LOSS, TRUE_DELTA, build_synthetic_study
+    from synthetic_study import BASE_LOSS, RELATIVE_PASS, TRUE_DELTA, build_synthetic_study
 except ImportError:  # tests/ imported as a package
-    from tests.synthetic_study import BASE_LOSS, TRUE_DELTA, build_synthetic_study
+    from tests.synthetic_study import BASE_LOSS, RELATIVE_PASS, TRUE_DELTA, build_synthetic_study
 
 
 def _study(tmp_path, variants, references, seeds=(0, 1)):
@@ -61,3 +62,22 @@ def test_table1_carries_the_reference_rows_and_old_studies_do_without(tmp_path):
 def test_a_variant_above_unigram_counts_as_near(tmp_path):
     text = _claim(_study(tmp_path, ["hope"], {"tiny": (5.0, 4.0)}), "training regime").text
     assert "every variant is within" in text and "(5.000) = +0.4" in text
+
+
+def test_each_gated_run_says_whether_its_gate_could_close(tmp_path):
+    """hope-tau0.005 sits below the smallest synthetic surprise (≈0.043), hope-tau0.05 above it; the default
+    (relative) gate passes RELATIVE_PASS of the tokens; the gate-off variant is not a gated run."""
+    root = build_synthetic_study(tmp_path, scales=("tiny",), seeds=(0,), variants=["hope", "hope_no_surprise"],
+                                 sweep=(0.005, 0.05), failed=None)
+    study = load_results(root)
+    claim = _claim(study, "gate closure")
+    shut, _, rest = claim.text.partition("it could close in")
+    assert "could not close" in shut and "Full HOPE [tau0.005] (τ = 0.005, smallest surprise 0.043" in shut
+    assert "tau0.05]" not in shut and "Full HOPE [tau0.05] (τ = 0.05" in rest
+    assert f"Full HOPE (relative, z > 0, smallest surprise 0.0432, {100 * RELATIVE_PASS:.2f}% pass)" in rest
+    assert "No Surprise" not in claim.text
+    table = build_table2(study)
+    row = table.data.set_index("run_name")
+    assert row.loc["hope-tau0.005", "tau_below_min"] and not row.loc["hope-tau0.05", "tau_below_min"]
+    assert "0.0432 > τ: could not close" in table.markdown and table.markdown.count("could not close") == 1
+    assert row.loc["hope", "pass_rate"] == RELATIVE_PASS  # the realised rate of the relative gate

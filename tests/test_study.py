@@ -60,7 +60,8 @@ def test_ablation_is_table_1_of_the_dissection_study():
 def test_sweep_and_period_studies():
     sweep = load_study("surprise_sweep").study
     taus = {c.tag: c.model["surprise_threshold"] for c in sweep.cells if c.tag.startswith("tau")}
-    assert taus == {f"tau{t}": t for t in (0.005, 0.01, 0.02, 0.05, 0.1)}
+    assert taus == {f"tau{t}": t for t in (0.02, 0.05, 0.1, 0.2, 0.5)}
+    assert all(c.model["surprise_mode"] == "absolute" for c in sweep.cells if c.tag.startswith("tau"))
     relative = next(c for c in sweep.cells if c.tag == "relative")
     assert relative.variant == "hope" and relative.model["surprise_mode"] == "relative"
     periods = [c.model["cms_periods"] for c in load_study("cms_periods").study.cells if c.variant == "hope"]
@@ -118,7 +119,7 @@ def test_user_study_file_and_its_errors(tmp_path):
     no_study.write_text("X = 1\n")
     with pytest.raises(UserError, match="must define STUDY = Study"):
         load_study(str(no_study))
-    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, scaling"):
+    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, lr_sweep"):
         load_study("nope")
 
 
@@ -239,7 +240,7 @@ def test_cli_dry_run_shows_state_and_shards(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, scaling, surprise_sweep"),
+        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, lr_sweep, scaling"),
         (["study", "ablation", "--scale", "huge", "--dry-run"], "unknown scale 'huge'; choose one of: tiny, small"),
         (["study", "show", "ablation", "--set", "dimm=3"], "unknown --set key 'dimm'; valid model keys:"),
         (["study", "ablation", "--set", "dim", "--dry-run"], "expected KEY=VALUE"),

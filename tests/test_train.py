@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hopelab.config import ModelConfig
 from hopelab.errors import UserError
 from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA
 from hopelab.run import RunSpec, parse_overrides, train_one
@@ -129,7 +130,8 @@ def test_run_directory_schema_probes_and_metrics(hope_run):
     assert df[df.probe == "selfmod"].component.dropna().unique().size == 6
     positions = df[(df.probe == "selfmod") & (df.metric == "rel_drift_meta_fast")].position.dropna()
     assert sorted(positions.unique()) == [16, 32, 48, 64]
-    assert df[(df.metric == "gate_pass_rate") & (df.component == "gate")].threshold.unique().tolist() == [0.02]
+    realised = df[(df.metric == "gate_pass_rate") & (df.component == "gate")]  # at the configured (default) τ
+    assert realised.threshold.unique().tolist() == [ModelConfig().surprise_threshold]
 
     # values move between checkpoints
     def value(probe, metric, step, **where):
