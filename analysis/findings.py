@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
-from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
+from analysis.stats import CONFIDENCE, NO_TEST, POWER, detectable_effect, fmt_p, fmt_pct, mean_ci, seed_spread
 from analysis.style import display_name
 from analysis.summary import (
     ablation_run_names,
@@ -39,8 +39,12 @@ THRESHOLDS = [
     f"a variant whose final loss is less than {UNIGRAM_MARGIN} nats below the unigram reference (an add-one "
     "unigram fit on train, scored on val) has learned little beyond token frequencies; when one does, the "
     "report says its comparison measures early training, not the architectures",
-    f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 "
-    f"(with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested)",
+    f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 and "
+    "|Δ| exceeds the seed-to-seed spread (the pooled standard deviation of a cell's final loss over seeds); "
+    f"with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested",
+    f"the minimum detectable effect: the |Δ| a paired t-test over the study's seeds detects with {POWER:.0%} power "
+    f"at {CONFIDENCE:.0%} confidence, given the spread of the per-seed differences, and never less than the "
+    "seed-to-seed spread",
     f"CMS levels are called redundant when the cosine similarity of their outputs is ≥ {COS_REDUNDANT}, "
     f"differentiated when ≤ {COS_DISTINCT}",
     f"the surprise gate is called a no-op when ≥ {GATE_NOOP:.0%} of tokens pass at the configured τ, selective "
@@ -72,19 +76,20 @@ def fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def effect(r: pd.Series) -> str:
-    """"worse" | "better" | "none" | "untested-worse" | "untested-better" | "unknown" for a Δ row."""
+def effect(r: pd.Series, spread: float = math.nan) -> str:
+    """"worse" | "better" | "none" | "within-spread" | "untested-worse" | "untested-better" | "unknown" for a Δ
+    row; `spread` is the seed-to-seed spread at its scale (NaN with one seed)."""
     if r is None or math.isnan(r["delta"]):
         return "unknown"
     if r["test"] == NO_TEST or math.isnan(r["delta_lo"]):
         if abs(r["delta"]) <= DELTA_EPS:
             return "none"
         return "untested-worse" if r["delta"] > 0 else "untested-better"
-    if r["delta_lo"] > 0:
-        return "worse"
-    if r["delta_hi"] < 0:
-        return "better"
-    return "none"
+    if r["delta_lo"] <= 0 <= r["delta_hi"]:
+        return "none"
+    if not math.isnan(spread) and abs(r["delta"]) <= spread:
+        return "within-spread"  # the interval excludes 0, but the Δ is smaller than seeds differ by
+    return "worse" if r["delta_lo"] > 0 else "better"
 
 
 def fmt_delta(r: pd.Series) -> str:
@@ -116,15 +121,24 @@ def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
 _REMOVES = {"hope_no_selfmod": "self-modification", "hope_no_cms": "the CMS", "hope_no_surprise": "the surprise gate"}
 
 
-def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str) -> Claim | None:
+def _spreads(study: StudyResults, scales: list[str]) -> dict[str, float]:
+    return {scale: seed_spread(study.runs_at(scale)) for scale in scales}
+
+
+def _within(spread: float) -> str:
+    return f"makes no difference beyond the seed-to-seed spread ({spread:.3f} nats)" if not math.isnan(spread) else ""
+
+
+def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str, spreads: dict[str, float]) -> Claim | None:
     what = _REMOVES[variant]
     parts, numbers = [], {}
     for scale in scales:
         r = _row(ab, scale, variant)
         if r is None or math.isnan(r["delta"]):
             continue
-        e = effect(r)
+        e = effect(r, spreads.get(scale, math.nan))
         verb = {"worse": "hurts", "better": "helps", "none": "makes no detectable difference",
+                "within-spread": _within(spreads.get(scale, math.nan)),
                 "untested-worse": "raises the loss (untested)", "untested-better": "lowers the loss (untested)",
                 "unknown": "cannot be judged"}[e]
         parts.append(f"at {scale}, removing {what} {verb}: {fmt_delta(r)}")
@@ -278,7 +292,7 @@ def _selfmod_dynamics(study: StudyResults, scales: list[str]) -> Claim | None:
     return _claim("self-modification dynamics", "Self-modification dynamics (Full HOPE): ", parts, numbers)
 
 
-def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim | None:
+def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str], spreads: dict[str, float]) -> Claim | None:
     parts, numbers = [], {}
     for scale in scales:
         ref = reference_run_name(study, scale)
@@ -287,9 +301,11 @@ def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Clai
             r = _row(ab, scale, name)
             if r is None or math.isnan(r["delta"]):
                 continue
-            e = effect(r)
+            e = effect(r, spreads.get(scale, math.nan))
             word = {"worse": "Full HOPE is better", "better": f"{display_name(name)} is better",
-                    "none": "no detectable difference", "untested-worse": "Full HOPE is lower (untested)",
+                    "none": "no detectable difference",
+                    "within-spread": "no difference beyond the seed spread",
+                    "untested-worse": "Full HOPE is lower (untested)",
                     "untested-better": f"{display_name(name)} is lower (untested)", "unknown": "?"}[e]
             params = ""
             if base is not None and not math.isnan(r["n_params"]) and not math.isnan(base["n_params"]):
@@ -326,6 +342,24 @@ def _regime(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim |
         numbers[scale] = {"unigram": uni, "bigram": bi, "below_min": float(below.min()),
                           "below_max": float(below.max()), "n_near_unigram": len(near), "n": len(d)}
     return _claim("training regime", "Training regime: ", parts, numbers)
+
+
+def _seeds(study: StudyResults, ab: pd.DataFrame, scales: list[str], spreads: dict[str, float]) -> Claim | None:
+    """With several seeds: the seed-to-seed spread and the minimum detectable effect at each scale."""
+    parts, numbers = [], {}
+    for scale in scales:
+        d = ab[(ab["scale"] == scale) & (ab["n_done"] >= 2)]
+        if d.empty or math.isnan(spreads.get(scale, math.nan)):
+            continue
+        n = int(d["n_done"].min())
+        mde = detectable_effect(study.runs_at(scale), reference_run_name(study, scale))
+        text = f"at {scale}, n = {n} seeds per cell: seed-to-seed spread {spreads[scale]:.3f} nats"
+        if not math.isnan(mde):
+            text += (f"; minimum detectable effect {mde:.3f} nats (paired t-test, {CONFIDENCE:.0%} confidence, "
+                     f"{POWER:.0%} power): a smaller |Δ| is not evidence of no effect")
+        parts.append(text)
+        numbers[scale] = {"n": n, "spread": spreads[scale], "mde": mde}
+    return _claim("seeds", "Seeds: ", parts, numbers)
 
 
 def _best(ab: pd.DataFrame, scales: list[str]) -> Claim | None:
@@ -380,16 +414,18 @@ def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
 def compute_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
     scales = scales or study.scales
     ab = ablation_summary(study, scales)
+    spreads = _spreads(study, scales)
     out = [
         _regime(study, ab, scales),
-        _ablation_finding(ab, scales, "hope_no_selfmod"),
+        _seeds(study, ab, scales, spreads),
+        _ablation_finding(ab, scales, "hope_no_selfmod", spreads),
         _selfmod_dynamics(study, scales),
-        _ablation_finding(ab, scales, "hope_no_cms"),
+        _ablation_finding(ab, scales, "hope_no_cms", spreads),
         _cms_finding(study, scales),
-        _ablation_finding(ab, scales, "hope_no_surprise"),
+        _ablation_finding(ab, scales, "hope_no_surprise", spreads),
         _gate_finding(study, scales),
         _gate_closure(study, scales),
-        _baselines(study, ab, scales),
+        _baselines(study, ab, scales, spreads),
         _best(ab, scales),
         _failures(study, scales),
         _gradflow(study, scales),

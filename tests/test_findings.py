@@ -3,6 +3,12 @@ lines (unigram / bigram) and where the variants sit between them."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
 from analysis.findings import UNIGRAM_MARGIN, compute_findings
 from analysis.load import load_results
 from analysis.table1_ablation import build as build_table1
@@ -81,3 +87,46 @@ def test_each_gated_run_says_whether_its_gate_could_close(tmp_path):
     assert row.loc["hope-tau0.005", "tau_below_min"] and not row.loc["hope-tau0.05", "tau_below_min"]
     assert "0.0432 > τ: could not close" in table.markdown and table.markdown.count("could not close") == 1
     assert row.loc["hope", "pass_rate"] == RELATIVE_PASS  # the realised rate of the relative gate
+
+
+def _with_losses(study, losses: dict[str, list[float]]):
+    """The study with the final losses of its tiny runs replaced: {run_name: [seed 0, seed 1, ...]}."""
+    runs = study.runs.copy()
+    for name, values in losses.items():
+        for seed, value in enumerate(values):
+            runs.loc[(runs["run_name"] == name) & (runs["seed"] == seed), "final_val_loss"] = value
+    return type(study)(root=study.root, name=study.name, runs=runs, metrics=study.metrics, probes=study.probes,
+                       meta=study.meta)
+
+
+def test_no_effect_is_claimed_below_the_seed_spread_and_the_detectable_effect_is_stated(tmp_path):
+    hope = np.array([5.00, 5.10, 4.90])  # seed-to-seed spread: standard deviation 0.1 in every cell
+    losses = {
+        "hope": hope,
+        "hope_no_cms": hope + [0.050, 0.051, 0.049],  # Δ = 0.05: interval excludes 0, but below the spread
+        "hope_no_selfmod": hope + [0.300, 0.302, 0.298],  # Δ = 0.3: above it
+        "hope_no_surprise": hope + [0.0, 0.02, -0.02],  # Δ = 0: the interval covers 0
+    }
+    study = _with_losses(_study(tmp_path, list(losses), {}, seeds=(0, 1, 2)), losses)
+    spread = math.sqrt(np.mean([np.var(v, ddof=1) for v in losses.values()]))  # pooled over the cells
+    assert 0.1 <= spread < 0.11
+    claims = {c.topic: c for c in compute_findings(study)}
+    cms = claims["the CMS"].text
+    assert f"removing the CMS makes no difference beyond the seed-to-seed spread ({spread:.3f} nats)" in cms
+    assert "95% CI [+0.04" in cms  # its interval does exclude 0: the spread rule is what holds the claim back
+    assert "removing self-modification hurts" in claims["self-modification"].text
+    assert "removing the surprise gate makes no detectable difference" in claims["the surprise gate"].text
+    diffs = np.stack([losses[n] - hope for n in ("hope_no_cms", "hope_no_selfmod", "hope_no_surprise")])
+    s_d = math.sqrt(np.var(diffs, axis=1, ddof=1).mean())  # pooled: equal seeds per cell
+    mde = max((stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * s_d / math.sqrt(3), spread)
+    seeds = claims["seeds"]
+    assert seeds.numbers["tiny"]["spread"] == pytest.approx(spread)
+    assert seeds.numbers["tiny"]["mde"] == pytest.approx(mde)
+    assert (f"n = 3 seeds per cell: seed-to-seed spread {spread:.3f} nats; minimum detectable effect {mde:.3f} "
+            "nats") in seeds.text
+
+
+def test_one_seed_states_no_spread(tmp_path):
+    study = _study(tmp_path, ["hope", "hope_no_cms"], {}, seeds=(0,))
+    claims = {c.topic: c for c in compute_findings(study)}
+    assert "seeds" not in claims and "single seed, no interval" in claims["the CMS"].text

@@ -50,7 +50,7 @@ def test_ablation_is_table_1_of_the_dissection_study():
     six = {"hope", "hope_no_cms", "hope_no_selfmod", "hope_no_surprise", "titans", "transformer"}
     assert small == six  # the parameter-matched Transformer only at scaled (81.2M vs 73.1M)
     assert scaled == six | {"transformer_matched"}
-    assert len(plan_runs(study, scales=["tiny"])) == 6  # per-scale seeds: one at tiny (CPU), two on a GPU
+    assert len(plan_runs(study, scales=["tiny"])) == 12  # two seeds everywhere: paired intervals (make study)
     assert len(plan_runs(study, scales=["small"])) == 12 and len(plan_runs(study, scales=["small"], seeds=3)) == 18
     scaling = load_study("scaling").study
     assert scaling.scales == ("small", "scaled")
