@@ -6,6 +6,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCALE  ?= tiny
 JOBS   ?= 2
+# make study SEEDS=3 STEPS=100: seeds per cell (2: Table 1 and Figure 4 get paired intervals) and training
+# steps per run (empty: the scale's)
+SEEDS  ?= 2
+STEPS  ?=
 BENCH_FLAGS ?= --threads 1 --compile  # as reports/bench/README-tiny.md was made
 
 .PHONY: install test study bench clean
@@ -24,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 study: $(STAMP)
-	$(VENV)/bin/hopelab study ablation --scale $(SCALE) --jobs $(JOBS)
+	$(VENV)/bin/hopelab study ablation --scale $(SCALE) --jobs $(JOBS) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS))
 	$(VENV)/bin/hopelab report runs/ablation --scale $(SCALE) --out reports/ablation-$(SCALE)
 
 bench: $(STAMP)

@@ -91,6 +91,8 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     last = last_step_rows(df)
     tau = config_value(study, scale, focus, "surprise_threshold")
     mode = config_value(study, scale, focus, "surprise_mode")
+    if mode == "relative":  # a z-score, not in the surprise's units: no line on the gate-units axes
+        tau = None
     name = display_name(focus)
 
     with paper_style():
@@ -154,7 +156,9 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
                 continue
             band_line(ax, seed_band(g, ["step"]), "step", colors.get(run_name, "black"), alpha=0.12, scale=100,
                       marker="o", ms=3, ls="-" if "-" not in run_name else "--",
-                      label=f"{display_name(run_name)} (τ={float(t):g})")
+                      label=f"{display_name(run_name)} ("
+                      + ("relative" if config_value(study, scale, run_name, "surprise_mode") == "relative"
+                         else f"τ={float(t):g}") + ")")
             drawn += 1
         if not drawn:
             no_rows(ax, "pass-rate", "at a configured τ")

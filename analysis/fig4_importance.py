@@ -56,7 +56,8 @@ def render_all(study: StudyResults, out_dir: Path, scales: list[str], dpi: int =
     letters = "abcdefgh"
 
     with paper_style():
-        fig, axes = new_figure(n_panels, panel_w=4.4, panel_h=max(2.8, 0.45 * len(names) + 1.2))
+        fig, axes = new_figure(n_panels, panel_w=4.4 if n_panels > 1 else 5.2,
+                               panel_h=max(2.8, 0.45 * len(names) + 1.2))
         axes = axes.ravel()
         for i, scale in enumerate(scales):
             ax = axes[i]
@@ -99,7 +100,10 @@ def render_all(study: StudyResults, out_dir: Path, scales: list[str], dpi: int =
             ax.legend(title="scale")
             ax.grid(axis="x", visible=False)
             panel_label(ax, letters[len(scales)], "Across scales", ylabel="Δ final val loss vs Full HOPE (nats)")
-        fig.suptitle(f"Figure {NUMBER}: {TITLE} — Δ = variant − Full HOPE (positive = worse than Full HOPE)")
+        # one line across several panels; two short ones over a single panel, which is narrower than the title
+        what = "Δ = variant − Full HOPE (positive = worse than Full HOPE)"
+        fig.suptitle(f"Figure {NUMBER}: {TITLE} — {what}" if n_panels > 1 else
+                     f"Figure {NUMBER}: {TITLE}\nΔ = variant − Full HOPE (+: worse)")
         paths = save_figure(fig, out_dir, STEM, dpi)
 
     caption = (

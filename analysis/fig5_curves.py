@@ -1,5 +1,6 @@
 """Figure 5: training curves per scale. (a) the whole run; (b) a zoom on the final quarter of the steps;
-(c) validation loss at the checkpoints. Mean over finished seeds with a min–max band; failed runs are drawn
+(c) validation loss at the checkpoints; dashed grey lines in (a) and (c): the data's unigram and bigram
+references (Table 1). Mean over finished seeds with a min–max band; failed runs are drawn
 thin and dotted up to the step where they failed (×), never averaged in. Threshold-sweep runs are left out.
 """
 
@@ -25,7 +26,7 @@ from analysis.style import (
     save_figure,
     spread,
 )
-from analysis.summary import ablation_run_names, reference_run_name
+from analysis.summary import REFERENCE_NAMES, ablation_run_names, reference_run_name, references_at
 from hopelab.run import STATUS_DONE, STATUS_FAILED
 
 NUMBER = 5
@@ -108,6 +109,13 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
                     b = seed_band(v, ["step"])
                     axes[2].errorbar(b["step"], b["mean"], yerr=spread(b["mean"], b["lo"], b["hi"]),
                                      color=color, ls=ls, marker="o", ms=3.5, capsize=2, lw=1.3)
+        refs = references_at(study, scale)
+        for ax in [axes[0]] + ([axes[2]] if has_val else []):
+            for name, value in refs.items():  # validation-split references, dashed
+                ax.axhline(value, color="#606060", lw=0.9, ls="--", zorder=1)
+                ax.annotate(REFERENCE_NAMES[name].replace(" (reference)", f" {value:.2f}"), (1.0, value),
+                            xycoords=("axes fraction", "data"), xytext=(-3, 2), textcoords="offset points",
+                            ha="right", va="bottom", fontsize=7, color="#606060")
         ax = axes[0]
         ax.legend(ncol=1, fontsize=7.5)
         panel_label(ax, "a", "Whole run", "training step", f"train loss (nats/token, {window}-step mean)")
@@ -134,6 +142,9 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
         + (f" Dotted: {n_failed} failed run(s) up to the failure (× marks the step); not averaged in."
            if n_failed else "")
         + (" Dashed: a variant with no finished run yet (its running runs)." if partial else "")
+        + (" Grey dashed lines in (a)" + (" and (c)" if has_val else "") + ": the unigram and bigram "
+           "cross-entropy of the validation split (fit on train), the floor a model of token frequencies or of "
+           "the previous token reaches." if refs else "")
     )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
 

@@ -7,16 +7,23 @@ follows fixed thresholds (stated in the report), never a hard-coded conclusion.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.interventions import intervention_effects, rise_with_position, switch_name, switch_order
+from analysis.claims import Claim, claim
+from analysis.intervention_findings import INIT_SHIFT_DRIFT, intervention_findings
 from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
-from analysis.stats import CONFIDENCE, NO_TEST, fmt_p, fmt_pct, mean_ci
+from analysis.stats import CONFIDENCE, NO_TEST, POWER, detectable_effect, fmt_p, fmt_pct, mean_ci, seed_spread
 from analysis.style import display_name
-from analysis.summary import ablation_run_names, ablation_summary, gate_pass_rate, reference_run_name
+from analysis.summary import (
+    ablation_run_names,
+    ablation_summary,
+    gate_operating_points,
+    gate_pass_rate,
+    reference_run_name,
+    references_at,
+)
 
 # Thresholds that turn numbers into words (listed in the report).
 DELTA_EPS = 0.01  # nats: with one seed (no interval), |Δ| at or below this is "no difference"
@@ -26,11 +33,19 @@ GATE_NOOP = 0.99  # gate pass rate at the configured τ at or above: the gate is
 GATE_SELECTIVE = 0.90  # at or below: the gate is selective
 POSITION_GROWTH = 0.20  # relative drift at the last position / first position − 1 above: continual adaptation
 EARLY_DRIFT = 0.80  # meta-state drift at the first checkpoint / last: "moved early, then flat" at or above
-INIT_SHIFT_DRIFT = 0.05  # meta-state drift from init / its norm at or above: the initial state moved a lot
+UNIGRAM_MARGIN = 0.5  # nats: a variant ending less than this below the unigram reference has learned little
+# more than token frequencies, and comparing such variants measures early training, not the architectures
 
 THRESHOLDS = [
-    f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 "
-    f"(with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested)",
+    f"a variant whose final loss is less than {UNIGRAM_MARGIN} nats below the unigram reference (an add-one "
+    "unigram fit on train, scored on val) has learned little beyond token frequencies; when one does, the "
+    "report says its comparison measures early training, not the architectures",
+    f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 and "
+    "|Δ| exceeds the seed-to-seed spread (the pooled standard deviation of a cell's final loss over seeds); "
+    f"with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested",
+    f"the minimum detectable effect: the |Δ| a paired t-test over the study's seeds detects with {POWER:.0%} power "
+    f"at {CONFIDENCE:.0%} confidence, given the spread of the per-seed differences, and never less than the "
+    "seed-to-seed spread",
     f"CMS levels are called redundant when the cosine similarity of their outputs is ≥ {COS_REDUNDANT}, "
     f"differentiated when ≤ {COS_DISTINCT}",
     f"the surprise gate is called a no-op when ≥ {GATE_NOOP:.0%} of tokens pass at the configured τ, selective "
@@ -49,15 +64,6 @@ THRESHOLDS = [
 ]
 
 
-@dataclass
-class Claim:
-    """One finding of the report: its Markdown sentence and the numbers it rests on."""
-
-    topic: str
-    text: str
-    numbers: dict = field(default_factory=dict)
-
-
 def fmt_count(n: float) -> str:
     """37034 -> "37.0k", 19.0e6 -> "19.0M"."""
     if n is None or math.isnan(n):
@@ -68,19 +74,20 @@ def fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def effect(r: pd.Series) -> str:
-    """"worse" | "better" | "none" | "untested-worse" | "untested-better" | "unknown" for a Δ row."""
+def effect(r: pd.Series, spread: float = math.nan) -> str:
+    """"worse" | "better" | "none" | "within-spread" | "untested-worse" | "untested-better" | "unknown" for a Δ
+    row; `spread` is the seed-to-seed spread at its scale (NaN with one seed)."""
     if r is None or math.isnan(r["delta"]):
         return "unknown"
     if r["test"] == NO_TEST or math.isnan(r["delta_lo"]):
         if abs(r["delta"]) <= DELTA_EPS:
             return "none"
         return "untested-worse" if r["delta"] > 0 else "untested-better"
-    if r["delta_lo"] > 0:
-        return "worse"
-    if r["delta_hi"] < 0:
-        return "better"
-    return "none"
+    if r["delta_lo"] <= 0 <= r["delta_hi"]:
+        return "none"
+    if not math.isnan(spread) and abs(r["delta"]) <= spread:
+        return "within-spread"  # the interval excludes 0, but the Δ is smaller than seeds differ by
+    return "worse" if r["delta_lo"] > 0 else "better"
 
 
 def fmt_delta(r: pd.Series) -> str:
@@ -99,11 +106,6 @@ def _plus_minus(half: float) -> str:
     return f" ± {half:.3f}" if not math.isnan(half) else ""
 
 
-def _claim(topic: str, lead: str, parts: list[str], numbers: dict | None = None) -> Claim | None:
-    """One sentence: `lead` then the parts joined by "; "; None when there is nothing to say."""
-    return Claim(topic, lead + "; ".join(parts) + ".", numbers or {}) if parts else None
-
-
 def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
     sel = ab[(ab["scale"] == scale) & (ab["run_name"] == run_name)]
     return sel.iloc[0] if len(sel) and sel.iloc[0]["n_done"] > 0 else None
@@ -112,15 +114,24 @@ def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
 _REMOVES = {"hope_no_selfmod": "self-modification", "hope_no_cms": "the CMS", "hope_no_surprise": "the surprise gate"}
 
 
-def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str) -> Claim | None:
+def _spreads(study: StudyResults, scales: list[str]) -> dict[str, float]:
+    return {scale: seed_spread(study.runs_at(scale)) for scale in scales}
+
+
+def _within(spread: float) -> str:
+    return f"makes no difference beyond the seed-to-seed spread ({spread:.3f} nats)" if not math.isnan(spread) else ""
+
+
+def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str, spreads: dict[str, float]) -> Claim | None:
     what = _REMOVES[variant]
     parts, numbers = [], {}
     for scale in scales:
         r = _row(ab, scale, variant)
         if r is None or math.isnan(r["delta"]):
             continue
-        e = effect(r)
+        e = effect(r, spreads.get(scale, math.nan))
         verb = {"worse": "hurts", "better": "helps", "none": "makes no detectable difference",
+                "within-spread": _within(spreads.get(scale, math.nan)),
                 "untested-worse": "raises the loss (untested)", "untested-better": "lowers the loss (untested)",
                 "unknown": "cannot be judged"}[e]
         parts.append(f"at {scale}, removing {what} {verb}: {fmt_delta(r)}")
@@ -174,7 +185,7 @@ def _cms_finding(study: StudyResults, scales: list[str]) -> Claim | None:
         if extra:
             text += "; other settings: " + ", ".join(extra)
         parts.append(text)
-    return _claim("CMS levels", "CMS levels: ", parts, numbers)
+    return claim("CMS levels", "CMS levels: ", parts, numbers)
 
 
 def _gate_finding(study: StudyResults, scales: list[str]) -> Claim | None:
@@ -186,22 +197,54 @@ def _gate_finding(study: StudyResults, scales: list[str]) -> Claim | None:
         if ref is None or tau.empty:
             continue
         tau = float(tau.iloc[0])
+        relative = (runs.loc[runs["run_name"] == ref, "surprise_mode"] == "relative").any()
         rate, rate_min, n = gate_pass_rate(study, scale, ref, tau)
         if math.isnan(rate):
             continue
         word = ("effectively a no-op" if rate >= GATE_NOOP else "selective" if rate <= GATE_SELECTIVE
                 else "mildly selective")
-        text = (f"at {scale}, {fmt_pct(rate)} of tokens pass at τ = {tau:g} (lowest layer {fmt_pct(rate_min)}, "
+        at = f"the relative gate (z-score > {tau:g})" if relative else f"τ = {tau:g}"
+        text = (f"at {scale}, {fmt_pct(rate)} of tokens pass at {at} (lowest layer {fmt_pct(rate_min)}, "
                 f"n = {n} seed(s)): the gate is {word}")
         rows, _ = probe_rows(study, scale, "surprise")
         last = last_step_rows(rows[(rows["run_name"] == ref) & rows["metric"].isin(["p10", "p50"])])
         if len(last):
             q = last.groupby("metric")["value"].mean()
-            if "p10" in q and tau > 0:
+            if "p10" in q and tau > 0 and not relative:
                 text += f"; median surprise {q.get('p50', math.nan):.3g}, p10 {q['p10']:.3g} = {q['p10'] / tau:.3g}×τ"
         parts.append(text)
         numbers[scale] = {"pass_rate": rate, "pass_rate_min_layer": rate_min, "tau": tau}
-    return _claim("surprise gate", "Surprise gate: ", parts, numbers)
+    return claim("surprise gate", "Surprise gate: ", parts, numbers)
+
+
+def _gate_closure(study: StudyResults, scales: list[str]) -> Claim | None:
+    """For every gated run: could its gate close at all, i.e. is an absolute τ above the smallest surprise?"""
+    parts, numbers = [], {}
+    for scale in scales:
+        ops = gate_operating_points(study, scale)
+        if ops.empty:
+            continue
+        shut, open_ = [], []
+        for _, r in ops.iterrows():
+            setting = (f"relative, z > {r['surprise_threshold']:g}" if r["surprise_mode"] == "relative"
+                       else f"τ = {r['surprise_threshold']:g}")
+            floor = "" if math.isnan(r["surprise_min"]) else f", smallest surprise {r['surprise_min']:.3g}"
+            item = f"{r['display']} ({setting}{floor}, {fmt_pct(r['pass_rate'])} pass)"
+            if r["could_close"] == 0:
+                shut.append(item)
+            elif r["could_close"] == 1:
+                open_.append(item)
+            numbers[(scale, r["run_name"])] = {"could_close": r["could_close"], "tau_below_min": r["tau_below_min"],
+                                               "surprise_min": r["surprise_min"], "pass_rate": r["pass_rate"]}
+        bits = []
+        if shut:
+            bits.append("the gate could not close (τ below the smallest surprise observed, or every token passed) in "
+                        + ", ".join(shut))
+        if open_:
+            bits.append("it could close in " + ", ".join(open_))
+        if bits:
+            parts.append(f"at {scale}, " + "; ".join(bits))
+    return claim("gate closure", "Gate operating point: ", parts, numbers)
 
 
 def _selfmod_dynamics(study: StudyResults, scales: list[str]) -> Claim | None:
@@ -239,94 +282,10 @@ def _selfmod_dynamics(study: StudyResults, scales: list[str]) -> Claim | None:
         if bits:
             parts.append(f"at {scale}, " + "; ".join(bits))
             numbers[scale] = num
-    return _claim("self-modification dynamics", "Self-modification dynamics (Full HOPE): ", parts, numbers)
+    return claim("self-modification dynamics", "Self-modification dynamics (Full HOPE): ", parts, numbers)
 
 
-def fmt_interval(delta: float, lo: float, hi: float, n: int) -> str:
-    """"Δ = +0.0123 nats (95% CI [+0.0101, +0.0145], n = 192 sequences)"."""
-    if math.isnan(lo):
-        return f"Δ = {delta:+.4f} nats (no interval, n = {n})"
-    return f"Δ = {delta:+.4f} nats ({CONFIDENCE:.0%} CI [{lo:+.4f}, {hi:+.4f}], n = {n} sequences)"
-
-
-def _meta_drift(study: StudyResults, scale: str, run_name: str) -> float:
-    """‖θ_meta − θ_init‖ / ‖θ_meta‖ of the SR-Titans memories at the last probed step, mean over layers,
-    components and seeds (nan without selfmod rows)."""
-    rows, _ = probe_rows(study, scale, "selfmod")
-    last = last_step_rows(rows[(rows["run_name"] == run_name) & rows["metric"].isin(["drift_init", "norm"])])
-    if last.empty:
-        return math.nan
-    wide = last.pivot_table(index=["seed", "layer", "component"], columns="metric", values="value")
-    if not {"drift_init", "norm"} <= set(wide.columns):
-        return math.nan
-    return float((wide["drift_init"] / wide["norm"]).mean())
-
-
-def _selfmod_intervention(study: StudyResults, scales: list[str], effects: dict[str, pd.DataFrame]) -> Claim | None:
-    """Initialisation shift or continual adaptation (the dissection study's section 4.3), answered inside the
-    trained model: the SR-Titans writes switched off at evaluation, by position."""
-    parts, numbers = [], {}
-    switch = "selfmod_writes_off"
-    for scale in scales:
-        ref, e = reference_run_name(study, scale), effects[scale]
-        sel = e[(e["run_name"] == ref) & (e["switch"] == switch)] if ref and len(e) else None
-        if sel is None or sel.empty:
-            continue
-        r = sel.iloc[0]
-        rise, first, last = rise_with_position(study, scale, ref, switch)
-        drift = _meta_drift(study, scale, ref)
-        helps = r["delta_lo"] > 0
-        rises = rise.lo > 0
-        if helps and rises:
-            verdict = "continual adaptation"
-        elif not (r["delta_lo"] > 0 or r["delta_hi"] < 0) and drift >= INIT_SHIFT_DRIFT:
-            verdict = "an initialisation shift"
-        elif helps:
-            verdict = "an in-context benefit that does not grow along the sequence (neither continual adaptation "\
-                      "nor a pure initialisation shift)"
-        elif r["delta_hi"] < 0:
-            verdict = "in-context writes that hurt the trained model"
-        else:
-            verdict = "no detectable effect of the in-context writes, and a meta-state that barely moved"
-        rise_txt = (f"Δ from the first position bucket (t ≥ {first}) to the last (t ≥ {last}) changes by "
-                    f"{rise.mean:+.4f}" + (f" [{rise.lo:+.4f}, {rise.hi:+.4f}]" if not math.isnan(rise.lo) else ""))
-        drift_txt = f"; the meta-state moved {100 * drift:.0f}% of its norm from init" if not math.isnan(drift) else ""
-        parts.append(f"at {scale} (step {int(r['step'])}), switching the SR-Titans writes off costs "
-                     f"{fmt_interval(r['delta'], r['delta_lo'], r['delta_hi'], int(r['n']))}; {rise_txt}{drift_txt}: "
-                     f"{verdict}")
-        numbers[scale] = {"delta": r["delta"], "lo": r["delta_lo"], "hi": r["delta_hi"], "rise": rise.mean,
-                          "rise_lo": rise.lo, "rise_hi": rise.hi, "meta_drift": drift, "verdict": verdict}
-    return _claim("self-modification (intervention)", "Self-modification, intervened (Full HOPE): ", parts, numbers)
-
-
-def _in_context_benefit(study: StudyResults, scales: list[str], effects: dict[str, pd.DataFrame]) -> Claim | None:
-    """What each switch costs full HOPE at the last checkpoint (Table 3's reference row)."""
-    parts, numbers = [], {}
-    for scale in scales:
-        ref, e = reference_run_name(study, scale), effects[scale]
-        e = e[e["run_name"] == ref] if len(e) else e
-        if e.empty:
-            continue
-        bits = []
-        for s in switch_order(e["switch"]):
-            r = e[e["switch"] == s].iloc[0]
-            counts = "" if math.isnan(r["delta_lo"]) else (" (counts)" if r["delta_lo"] > 0 or r["delta_hi"] < 0
-                                                             else " (not detectable)")
-            bits.append(f"{switch_name(s)} {r['delta']:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]{counts}")
-            numbers[(scale, s)] = r["delta"]
-        parts.append(f"at {scale}, Δ loss in nats with 95% CI: " + "; ".join(bits))
-    return _claim("interventions", "In-context benefit of each mechanism (Full HOPE, Table 3): ", parts, numbers)
-
-
-def intervention_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
-    """The findings that rest on the interventions' intervals (Table 3, Figure 6)."""
-    scales = scales or study.scales
-    effects = {scale: intervention_effects(study, scale) for scale in scales}
-    out = [_selfmod_intervention(study, scales, effects), _in_context_benefit(study, scales, effects)]
-    return [f for f in out if f is not None]
-
-
-def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim | None:
+def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str], spreads: dict[str, float]) -> Claim | None:
     parts, numbers = [], {}
     for scale in scales:
         ref = reference_run_name(study, scale)
@@ -335,16 +294,65 @@ def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Clai
             r = _row(ab, scale, name)
             if r is None or math.isnan(r["delta"]):
                 continue
-            e = effect(r)
+            e = effect(r, spreads.get(scale, math.nan))
             word = {"worse": "Full HOPE is better", "better": f"{display_name(name)} is better",
-                    "none": "no detectable difference", "untested-worse": "Full HOPE is lower (untested)",
+                    "none": "no detectable difference",
+                    "within-spread": "no difference beyond the seed spread",
+                    "untested-worse": "Full HOPE is lower (untested)",
                     "untested-better": f"{display_name(name)} is lower (untested)", "unknown": "?"}[e]
             params = ""
             if base is not None and not math.isnan(r["n_params"]) and not math.isnan(base["n_params"]):
                 params = f", {fmt_count(r['n_params'])} vs {fmt_count(base['n_params'])} parameters"
             parts.append(f"{scale}: {display_name(name)} {fmt_delta(r)}{params} — {word}")
             numbers[(scale, name)] = r["delta"]
-    return _claim("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): ", parts, numbers)
+    return claim("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): ", parts, numbers)
+
+
+def _regime(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim | None:
+    """Where the final losses sit between the unigram and bigram references of the data."""
+    parts, numbers = [], {}
+    for scale in scales:
+        refs = references_at(study, scale)
+        d = ab[(ab["scale"] == scale) & (ab["n_done"] > 0)]
+        if "unigram" not in refs or d.empty:
+            continue
+        uni, bi = refs["unigram"], refs.get("bigram", math.nan)
+        below = refs["unigram"] - d["mean"]  # nats under the unigram line, per variant
+        near = d[below < UNIGRAM_MARGIN]
+        gap = d["mean"] - uni  # negative: below the unigram line
+        span = f"{gap.min():+.2f}" if len(d) == 1 else f"{gap.min():+.2f} to {gap.max():+.2f}"
+        text = f"at {scale}, final loss − unigram reference ({uni:.3f}) = {span} nats".replace("-", "−")
+        if not math.isnan(bi):
+            above_bi = int((d["mean"] > bi).sum())
+            text += f"; {above_bi} of {len(d)} above the bigram reference ({bi:.3f})"
+        if len(near) == len(d):
+            text += (f": every variant is within {UNIGRAM_MARGIN} nats of unigram, so this comparison measures early "
+                     "training (how fast each learns token frequencies), not the architectures")
+        elif len(near):
+            text += (f": {', '.join(near['display'])} within {UNIGRAM_MARGIN} nats of unigram — comparisons involving "
+                     "them measure early training, not the architectures")
+        parts.append(text)
+        numbers[scale] = {"unigram": uni, "bigram": bi, "below_min": float(below.min()),
+                          "below_max": float(below.max()), "n_near_unigram": len(near), "n": len(d)}
+    return claim("training regime", "Training regime: ", parts, numbers)
+
+
+def _seeds(study: StudyResults, ab: pd.DataFrame, scales: list[str], spreads: dict[str, float]) -> Claim | None:
+    """With several seeds: the seed-to-seed spread and the minimum detectable effect at each scale."""
+    parts, numbers = [], {}
+    for scale in scales:
+        d = ab[(ab["scale"] == scale) & (ab["n_done"] >= 2)]
+        if d.empty or math.isnan(spreads.get(scale, math.nan)):
+            continue
+        n = int(d["n_done"].min())
+        mde = detectable_effect(study.runs_at(scale), reference_run_name(study, scale))
+        text = f"at {scale}, n = {n} seeds per cell: seed-to-seed spread {spreads[scale]:.3f} nats"
+        if not math.isnan(mde):
+            text += (f"; minimum detectable effect {mde:.3f} nats (paired t-test, {CONFIDENCE:.0%} confidence, "
+                     f"{POWER:.0%} power): a smaller |Δ| is not evidence of no effect")
+        parts.append(text)
+        numbers[scale] = {"n": n, "spread": spreads[scale], "mde": mde}
+    return claim("seeds", "Seeds: ", parts, numbers)
 
 
 def _best(ab: pd.DataFrame, scales: list[str]) -> Claim | None:
@@ -355,7 +363,7 @@ def _best(ab: pd.DataFrame, scales: list[str]) -> Claim | None:
             continue
         r = d.loc[d["mean"].idxmin()]
         parts.append(f"{scale}: {r['display']} ({r['mean']:.3f}{_plus_minus(r['half'])})")
-    return _claim("best", "Lowest final validation loss: ", parts)
+    return claim("best", "Lowest final validation loss: ", parts)
 
 
 def _failures(study: StudyResults, scales: list[str]) -> Claim | None:
@@ -413,15 +421,19 @@ def compute_findings(study: StudyResults, scales: list[str] | None = None) -> li
         out = [*recall, _failures(study, scales), _gradflow(study, scales)]
         return [f for f in out if f is not None]
     ab = ablation_summary(study, scales)
+    spreads = _spreads(study, scales)
     out = [
-        _ablation_finding(ab, scales, "hope_no_selfmod"),
+        _regime(study, ab, scales),
+        _seeds(study, ab, scales, spreads),
+        _ablation_finding(ab, scales, "hope_no_selfmod", spreads),
         _selfmod_dynamics(study, scales),
         *intervention_findings(study, scales),
-        _ablation_finding(ab, scales, "hope_no_cms"),
+        _ablation_finding(ab, scales, "hope_no_cms", spreads),
         _cms_finding(study, scales),
-        _ablation_finding(ab, scales, "hope_no_surprise"),
+        _ablation_finding(ab, scales, "hope_no_surprise", spreads),
         _gate_finding(study, scales),
-        _baselines(study, ab, scales),
+        _gate_closure(study, scales),
+        _baselines(study, ab, scales, spreads),
         _best(ab, scales),
         _failures(study, scales),
         _gradflow(study, scales),

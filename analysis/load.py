@@ -62,7 +62,11 @@ RUN_DTYPES: dict[str, str] = {
     "vocab_size": "Int64",
     "batch_size": "Int64",
     "lr": "float64",
+    "warmup_steps": "Int64",
+    "schedule": "str",
     "ckpt_every": "Int64",
+    "ref_unigram": "float64",  # reference val losses of the run's data (hopelab.data.references)
+    "ref_bigram": "float64",
     "data": "str",
     "overrides": "str",  # JSON of the spec's model/train overrides
     "git_sha": "str",
@@ -75,7 +79,7 @@ RUN_DTYPES: dict[str, str] = {
 
 _MODEL_FIELDS = ("surprise_threshold", "surprise_mode", "use_cms", "selfmod", "memory", "chunk_size", "dim",
                  "n_layers", "n_heads", "context_len", "vocab_size")
-_TRAIN_FIELDS = ("batch_size", "lr", "ckpt_every")
+_TRAIN_FIELDS = ("batch_size", "lr", "warmup_steps", "schedule", "ckpt_every")
 
 
 def _frame_dtypes(schema: pa.Schema) -> dict[str, str]:
@@ -240,6 +244,8 @@ def _run_row(run: RunDir, root: Path, notes: list[str]) -> dict[str, Any] | None
         row[key] = model.get(key)
     for key in _TRAIN_FIELDS:
         row[key] = train.get(key)
+    refs = (config.get("data") or {}).get("references") or {}
+    row["ref_unigram"], row["ref_bigram"] = _finite(refs.get("unigram")), _finite(refs.get("bigram"))
     periods = model.get("cms_periods")
     row["cms_periods"] = ",".join(str(int(p)) for p in periods) if periods else None
     row["path"] = str(run.path.relative_to(root)) if run.path.is_relative_to(root) else str(run.path)

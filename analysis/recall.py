@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from analysis.findings import Claim
+from analysis.claims import Claim
 from analysis.load import StudyResults
 from analysis.select import last_step_rows
 from analysis.stats import CONFIDENCE, NO_TEST, compare, fmt_p, mean_ci

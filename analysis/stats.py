@@ -20,6 +20,7 @@ from scipy import stats
 from hopelab.run import STATUS_DONE
 
 CONFIDENCE = 0.95
+POWER = 0.80  # of the minimum detectable effect
 PAIRED = "paired t-test by seed"
 WELCH = "Welch t-test across seeds"
 NO_TEST = "single seed: no test"
@@ -101,6 +102,42 @@ def final_losses(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished runs with a finite final loss: the values every mean and test uses (failed ones excluded)."""
     ok = runs[(runs["status"] == STATUS_DONE) & runs["final_val_loss"].notna()]
     return ok[["scale", "run_name", "variant", "tag", "seed", "final_val_loss"]].reset_index(drop=True)
+
+
+def seed_spread(runs: pd.DataFrame) -> float:
+    """Seed-to-seed spread of final losses: the pooled standard deviation over seeds within each run name that
+    has ≥ 2 finished seeds (sqrt of Σ (n_i − 1) s_i² / Σ (n_i − 1)); NaN when no run name has two."""
+    ok = final_losses(runs)
+    return _pooled_sd([g.to_numpy() for _, g in ok.groupby("run_name")["final_val_loss"]])
+
+
+def detectable_effect(runs: pd.DataFrame, reference: str | None) -> float:
+    """Minimum detectable |Δ| vs the reference run name: (t_{1−α/2} + t_{power}) · s_d / √n with n − 1 degrees
+    of freedom, where s_d is the pooled standard deviation of the per-seed differences (run − reference) over
+    the run names with the reference's n ≥ 2 seeds; never below seed_spread. NaN without such a pairing."""
+    if reference is None:
+        return math.nan
+    ok = final_losses(runs)
+    base = ok[ok["run_name"] == reference].set_index("seed")["final_val_loss"]
+    diffs = []
+    for _, g in ok[ok["run_name"] != reference].groupby("run_name"):
+        g = g.set_index("seed")["final_val_loss"]
+        if len(g) >= 2 and set(g.index) == set(base.index):
+            diffs.append((g - base.reindex(g.index)).to_numpy())
+    sd = _pooled_sd(diffs)
+    if math.isnan(sd):
+        return math.nan
+    n = min(len(d) for d in diffs)
+    mde = (_t(n - 1) + float(stats.t.ppf(POWER, n - 1))) * sd / math.sqrt(n)
+    return max(mde, seed_spread(runs))
+
+
+def _pooled_sd(groups: list[np.ndarray]) -> float:
+    groups = [np.asarray(g, dtype=float) for g in groups if len(g) >= 2]
+    dof = sum(len(g) - 1 for g in groups)
+    if dof == 0:
+        return math.nan
+    return math.sqrt(sum(float(np.var(g, ddof=1)) * (len(g) - 1) for g in groups) / dof)
 
 
 def losses_by_seed(runs: pd.DataFrame, scale: str, run_name: str) -> pd.Series:

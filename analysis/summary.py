@@ -157,6 +157,37 @@ def gate_pass_rate(study: StudyResults, scale: str, run_name: str, threshold: fl
     return float(per_layer.mean()), float(per_layer.min()), int(rows["seed"].nunique())
 
 
+def smallest_surprise(study: StudyResults, scale: str, run_name: str) -> float:
+    """The smallest per-token surprise the probe saw in a run (min over layers and finished seeds) at each run's
+    last probed step; NaN without surprise rows."""
+    runs = study.runs_at(scale)
+    ids = set(runs.loc[(runs["run_name"] == run_name) & (runs["status"] == STATUS_DONE), "run_id"])
+    p = study.probes
+    rows = last_step_rows(p[p["run_id"].isin(ids) & (p["probe"] == "surprise") & (p["metric"] == "min")
+                            & p["layer"].notna()])
+    return float(rows["value"].min()) if len(rows) else math.nan
+
+
+def gate_operating_points(study: StudyResults, scale: str) -> pd.DataFrame:
+    """One row per gated run name at `scale` (any hope run whose gate is not off): its gate mode and τ, the
+    realised pass rate at the last checkpoint, the smallest surprise it saw, and `could_close`: False when an
+    absolute τ is below that smallest surprise or every token passed (the gate did nothing), NaN unknown."""
+    runs = study.runs_at(scale)
+    rows = []
+    for name in run_name_order(runs["run_name"].dropna().unique()):
+        tau, mode = _gate_setting(runs, name)
+        if tau is None or mode == "off" or not (runs.loc[runs["run_name"] == name, "status"] == STATUS_DONE).any():
+            continue
+        rate, _, _ = gate_pass_rate(study, scale, name, tau)
+        floor = smallest_surprise(study, scale, name)
+        below = mode != "relative" and not math.isnan(floor) and tau < floor
+        could = math.nan if math.isnan(rate) and math.isnan(floor) else float(not (below or rate >= 1.0))
+        rows.append({"scale": scale, "run_name": name, "display": display_name(name), "surprise_mode": mode or "",
+                     "surprise_threshold": tau, "pass_rate": rate, "surprise_min": floor, "tau_below_min": below,
+                     "could_close": could})
+    return pd.DataFrame(rows)
+
+
 def sweep_summary(study: StudyResults, scale: str) -> pd.DataFrame:
     """The reference (default τ), every sweep run, and the gate-off variant when the study has it; absolute
     thresholds in increasing order, then relative-mode runs, then the gate off."""
@@ -173,6 +204,29 @@ def sweep_summary(study: StudyResults, scale: str) -> pd.DataFrame:
         r["gate_off"] = r["surprise_mode"] == "off"
         r["pass_rate"], r["pass_rate_min_layer"], r["pass_rate_seeds"] = (
             gate_pass_rate(study, scale, r["run_name"], tau) if not math.isnan(tau) else (math.nan, math.nan, 0))
+        r["surprise_min"] = smallest_surprise(study, scale, r["run_name"])
+        r["tau_below_min"] = (not r["gate_off"] and r["surprise_mode"] != "relative"
+                              and bool(tau < r["surprise_min"]))  # the gate could not close
         r["order"] = (2 if r["gate_off"] else 1 if r["surprise_mode"] == "relative" else 0, tau)
     out = pd.DataFrame(rows).sort_values("order", kind="stable").drop(columns="order")
     return out.reset_index(drop=True)
+
+
+REFERENCE_NAMES = {"unigram": "Unigram (reference)", "bigram": "Bigram (reference)"}
+
+
+def references_at(study: StudyResults, scale: str) -> dict[str, float]:
+    """{"unigram": nats, "bigram": nats} of the data the runs at `scale` trained on (hopelab.data.references),
+    taken from full HOPE's runs when they have them, else from any run; {} when no run recorded them (a
+    study trained before references were stored). Runs on other data (a --set vocab_size cell) differ: the
+    reference run's data is the one Table 1 compares against."""
+    runs = study.runs_at(scale)
+    ref = reference_run_name(study, scale)
+    own = runs[runs["run_name"] == ref] if ref else runs.iloc[:0]
+    out = {}
+    for name in REFERENCE_NAMES:
+        values = own[f"ref_{name}"].dropna()
+        values = values if len(values) else runs[f"ref_{name}"].dropna()
+        if len(values):
+            out[name] = float(values.median())
+    return out

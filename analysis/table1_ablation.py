@@ -3,6 +3,7 @@
 With more than one seed: mean ± 95% t-interval, and a two-sided t-test of each Δ (paired by seed when both
 cells have the same finished seeds, Welch otherwise; the caption says which). Failed runs are listed under the
 table and excluded from the means; a cell whose runs all failed shows e.g. "failed (loss is NaN at step 120)".
+Two last rows give the unigram and bigram references of the data (hopelab.data.references), when recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from analysis.load import StudyResults
 from analysis.recall import is_recall_study
 from analysis.stats import CONFIDENCE, NO_TEST, PAIRED, WELCH, fmt_p, fmt_pm
 from analysis.style import display_name
-from analysis.summary import ablation_summary
+from analysis.summary import REFERENCE_NAMES, ablation_summary, references_at
 
 NUMBER = 1
 TITLE = "Component ablation"
@@ -84,6 +85,21 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
             row += [loss, delta] + ([p] if multi else [])
         rows.append(row)
 
+    refs = {s: references_at(study, s) for s in scales}
+    ref_rows = []
+    for name, label in REFERENCE_NAMES.items():
+        if not any(name in refs[s] for s in scales):
+            continue
+        row = [label]
+        for scale in scales:
+            value = refs[scale].get(name)
+            base = data.loc[(data["scale"] == scale) & data["reference"], "mean"]
+            delta = value - float(base.iloc[0]) if value is not None and len(base) else math.nan
+            row += ["—" if value is None else f"{value:.3f}", fmt_pm(delta, math.nan, signed=True)] + (
+                [""] if multi else [])
+        rows.append(row)
+        ref_rows.append(name)
+
     seed_txt = []
     for s in scales:
         n = data.loc[(data["scale"] == s) & (data["n_done"] > 0), "n_done"]
@@ -105,6 +121,12 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
     else:
         caption += f"One seed per cell ({seed_txt}): no interval or test."
     caption += " Failed or unfinished runs are excluded from the means and listed below." if notes else ""
+    if ref_rows:
+        caption += (" Unigram and bigram rows: cross-entropy on the validation split of an add-one unigram and a "
+                    "Witten-Bell bigram fit on the training split, same tokenizer (hopelab.data.references); "
+                    "Δ = reference − Full HOPE.")
+    for name in REFERENCE_NAMES:  # the reference rows' numbers, as columns of every row of their scale
+        data[f"ref_{name}"] = data["scale"].map(lambda s, n=name: refs[s].get(n, math.nan))
 
     data = data.assign(excluded=data["excluded"].map(" | ".join))
     md = markdown_table(header, rows)

@@ -1,7 +1,8 @@
-"""Table 2: surprise-threshold sweep. hope runs whose surprise_threshold differs (run names hope-tau<τ>).
+"""Table 2: surprise-threshold sweep. hope runs whose surprise gate differs (run names hope-tau<τ>, hope-relative).
 
-Per threshold: final validation loss, Δ vs full HOPE at its default threshold (with interval and test when
-there are seeds), and the gate pass rate at that run's own threshold at its last checkpoint (from probes).
+Per gate setting: the realised gate pass rate at the run's last checkpoint (from probes), final validation loss
+and Δ vs full HOPE at its default gate (with interval and test when there are seeds), and the smallest
+surprise the run showed: an absolute τ below it means the gate could not close.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
     data = pd.concat(frames, ignore_index=True)
     multi = bool((data["n_done"] >= 2).any())
     several = data["scale"].nunique() > 1
-    header = (["Scale"] if several else []) + ["Threshold τ", "Run", "Final loss", "Δ vs Full HOPE"] + (
-        ["p"] if multi else []) + ["Gate pass rate at τ", "min over layers"]
+    header = (["Scale"] if several else []) + ["Threshold τ", "Run", "Realised pass rate", "min over layers",
+                                                "Final loss", "Δ vs Full HOPE"] + (["p"] if multi else []) + [
+        "Smallest surprise"]
     rows, notes = [], []
     for scale, g in data.groupby("scale", sort=False):
         best = g.loc[g["n_done"] > 0, "mean"].min()
@@ -55,8 +57,11 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
                 half = (r["delta_hi"] - r["delta_lo"]) / 2
                 delta = fmt_pm(r["delta"], half, signed=True)
                 p = fmt_p(r["p"])
-            row = ([scale] if several else []) + [tau, r["run_name"], loss, delta] + ([p] if multi else [])
-            row += [fmt_pct(r["pass_rate"]), fmt_pct(r["pass_rate_min_layer"])]
+            floor = "—" if math.isnan(r["surprise_min"]) else f"{r['surprise_min']:.3g}"
+            floor += " > τ: could not close" if r["tau_below_min"] else ""
+            row = ([scale] if several else []) + [tau, r["run_name"], fmt_pct(r["pass_rate"]),
+                                                  fmt_pct(r["pass_rate_min_layer"]), loss, delta]
+            row += ([p] if multi else []) + [floor]
             rows.append(row)
 
     tests = sorted(set(data.loc[~data["reference"], "test"]) - {NO_TEST})
@@ -67,13 +72,16 @@ def build(study: StudyResults, scales: list[str] | None = None) -> TableOut | Sk
     if multi:
         caption += f"Mean ± half-width of the {CONFIDENCE:.0%} t-interval over seeds; p: two-sided " + (
             " / ".join(tests) if tests else "test") + ". "
-    caption += ("Gate pass rate: share of probe-batch tokens whose surprise exceeds the run's own τ (tokens "
-                "that write to memory) at the last checkpoint, mean over layers and seeds, and the lowest layer.")
+    caption += ("Realised pass rate: share of probe-batch tokens the run's gate let write to memory at the last "
+                "checkpoint, mean over layers and seeds, and the lowest layer. Smallest surprise: the minimum "
+                "per-token surprise the probe saw (over layers and seeds); an absolute τ below it could not close "
+                "the gate for any token.")
     data = data.assign(excluded=data["excluded"].map(" | ".join))
-    md = markdown_table(header, rows, align=["l"] * (2 + several) + ["r"] * (len(header) - 2 - several))
+    align = ["l"] * (2 + several) + ["r"] * (len(header) - 3 - several) + ["l"]
+    md = markdown_table(header, rows, align=align)
     if notes:
         md += "\n\n" + "\n".join(f"{n}  " for n in notes)
     tex = latex_table(header, rows, f"{TITLE}. {caption}", "tab:sweep", notes=notes,
-                      align=["l"] * (2 + several) + ["r"] * (len(header) - 2 - several))
+                      align=align)
     return TableOut(NUMBER, STEM, TITLE, caption, md, tex, data)
 

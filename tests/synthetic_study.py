@@ -5,9 +5,9 @@
 
 Layout (the on-disk contract of COMMON.md): `<out>/<study>/study.json` and
 `<out>/<study>/<scale>/<run_name>/seed<k>/{config.json, manifest.json, metrics.parquet, probes/*.parquet}`.
-Every variant at two scales with three seeds, a surprise-threshold sweep of hope (run names hope-tau<τ>) at the
-first scale, probe rows of every kind (cms, selfmod, surprise, gradflow, intervene) and one failed run (NaN at a
-step).
+Every variant at two scales with three seeds, a surprise-threshold sweep of hope at the first scale (run
+names hope-tau<τ>, absolute gates; "relative" in `sweep` adds hope-relative), probe rows of every kind (cms,
+selfmod, surprise, gradflow, intervene) and one failed run (NaN at a step).
 Losses follow `TRUE_DELTA` (variant minus full HOPE) plus a per-seed offset shared by all variants and a small
 per-run noise, so the analysis can be checked against known ground truth.
 """
@@ -40,13 +40,17 @@ TRUE_DELTA = {
     "transformer_matched": (-0.30, 0.700),
     "hope-tau0.005": (0.073, 0.07),
     "hope-tau0.05": (0.006, 0.01),
-    "hope-tau0.02": (0.0, 0.0),  # the default threshold: full HOPE under another name
+    "hope-tau0.02": (0.002, 0.001),
+    "hope-relative": (0.0, 0.0),  # the default gate: full HOPE under another name
 }
+RELATIVE_PASS = 0.35  # realised gate pass rate of a relative-mode run (the default gate)
 SEED_OFFSET = [0.000, 0.021, -0.013, 0.008, -0.017]
 # as hopelab.probes.surprise.THRESHOLD_GRID
 GATE_GRID = [round(m * 10.0**e, 6) for e in range(-3, 3) for m in (1, 2, 5)]
 _NORMAL = NormalDist()
 FAILED = ("tiny", "hope_no_cms", 2, 120)  # scale, variant, seed, step at which the loss became NaN
+# (unigram, bigram) reference val losses of each scale's data (hopelab.data.references), in config.json
+REFERENCES = {"tiny": (5.80, 4.90), "small": (6.40, 4.60)}
 N_PARAMS = {"hope": 1.00, "hope_no_cms": 0.93, "hope_no_selfmod": 0.90, "hope_no_surprise": 1.00, "titans": 0.85,
             "transformer": 0.80, "transformer_matched": 1.02}
 
@@ -114,7 +118,10 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
                 for name, value in {**q, "mean": mean, "std": std}.items():
                     rows["surprise"].append(dict(r, metric=name, value=value))
                 off = model.surprise_mode == "off"
-                gate = 1.0 if off else 1.0 - _NORMAL.cdf((math.log(tau) - mu) / sigma) if tau > 0 else 1.0
+                if off or model.surprise_mode == "relative":  # relative: τ is a z-score; a typical share passes
+                    gate = 1.0 if off else RELATIVE_PASS
+                else:
+                    gate = 1.0 - _NORMAL.cdf((math.log(tau) - mu) / sigma) if tau > 0 else 1.0
                 rows["surprise"].append(dict(r, metric="gate_pass_rate", component="gate", threshold=tau, value=gate))
                 for t in GATE_GRID:  # what the gate would pass at other thresholds
                     if t != tau:
@@ -177,7 +184,7 @@ def _intervene_rows(variant, model, has_cms, components, gated, frac, final, rng
 
 def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed: int, steps: int, ckpt_every: int,
                final: float, overrides: dict, status: str, fail_step: int | None, rng: np.random.Generator,
-               t0: float) -> dict:
+               t0: float, refs: tuple[float, float] | None = None) -> dict:
     spec = RunSpec(variant=variant, scale=scale, seed=seed, study=study, steps=steps, out=str(root.parent),
                    model_overrides=dict(overrides), tag=tag)
     preset = get_scale(scale)
@@ -185,8 +192,10 @@ def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed:
     train = dataclasses.replace(preset.train, steps=steps, ckpt_every=ckpt_every, seed=seed)
     run_dir = spec.run_dir
     n_params = int(N_PARAMS[variant] * (1.6e6 if scale == "tiny" else 19.0e6))
+    data = {"references": {"unigram": refs[0], "bigram": refs[1]}} if refs else {}
     write_json_atomic({"spec": dataclasses.asdict(spec), "model": to_dict(model), "train": to_dict(train),
-                       "variant": variant, "scale": scale, "n_params": n_params}, run_dir / "config.json")
+                       "variant": variant, "scale": scale, "n_params": n_params, "data": data},
+                      run_dir / "config.json")
 
     tokens_per_step = train.batch_size * model.context_len
     ident = {"run_id": spec.run_id, "study": study, "variant": variant, "scale": scale, "seed": seed}
@@ -239,15 +248,17 @@ def _write_run(root: Path, study: str, scale: str, variant: str, tag: str, seed:
 
 def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tuple[str, ...] = ("tiny", "small"),
                           seeds: tuple[int, ...] = (0, 1, 2), variants: list[str] | None = None,
-                          sweep: tuple[float, ...] = (0.005, 0.05), steps: int = 150, ckpt_every: int = 50,
+                          sweep: tuple = (0.005, 0.05), steps: int = 150, ckpt_every: int = 50,
                           failed: tuple | None = FAILED, in_progress: bool = False, overrides: dict | None = None,
-                          rng_seed: int = 0) -> Path:
+                          rng_seed: int = 0, references: dict | None = None) -> Path:
     """Write the study under `out` and return its root `<out>/<study>`.
 
     failed: (scale, variant, seed, step) of the run whose loss becomes NaN, or None.
     in_progress: also a running run (partial files, no final loss) and a pending one (in study.json only).
     overrides: model overrides of every run (a study-wide `--set`, e.g. {"dim": 32}).
+    references: {scale: (unigram, bigram)} stored in every run's config.json; None: REFERENCES.
     """
+    references = REFERENCES if references is None else references
     rng = np.random.default_rng(rng_seed)
     root = Path(out) / study
     variants = list(variants or VARIANTS)
@@ -257,7 +268,10 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
         common = dict(overrides or {})
         cells = [(v, "", dict(common)) for v in variants]
         if si == 0:
-            cells += [("hope", f"tau{t:g}", {**common, "surprise_threshold": t}) for t in sweep]
+            cells += [("hope", "relative", {**common, "surprise_mode": "relative", "surprise_threshold": 0.0})
+                      if t == "relative" else
+                      ("hope", f"tau{t:g}", {**common, "surprise_mode": "absolute", "surprise_threshold": t})
+                      for t in sweep]
         for variant, tag, cell_overrides in cells:
             run_name = f"{variant}-{tag}" if tag else variant
             for seed in seeds:
@@ -267,7 +281,7 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
                 if failed is not None and (scale, variant, seed) == tuple(failed[:3]) and not tag:
                     status, fail_step = "failed", int(failed[3])
                 entries.append(_write_run(root, study, scale, variant, tag, seed, steps, ckpt_every, final,
-                                          cell_overrides, status, fail_step, rng, t0))
+                                          cell_overrides, status, fail_step, rng, t0, references.get(scale)))
                 t0 += 97.0
     if in_progress:
         scale, seed = scales[-1], max(seeds) + 1

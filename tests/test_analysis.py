@@ -21,7 +21,8 @@ from scipy import stats
 
 from analysis import load_results, render_report
 from analysis.artifacts import Skipped
-from analysis.findings import GATE_NOOP, compute_findings, intervention_findings
+from analysis.findings import GATE_NOOP, compute_findings
+from analysis.intervention_findings import intervention_findings
 from analysis.load import RUN_DTYPES
 from analysis.report import render_figures, render_tables
 from analysis.stats import PAIRED, WELCH, compare, mean_ci
@@ -204,8 +205,8 @@ def test_a_cell_whose_runs_all_failed_shows_failed_with_one_seed(tmp_path):
 
 def test_table2_sweep_pass_rates_come_from_the_probes(report, study_root):
     data = pd.read_csv(report / "tables" / "table2_sweep.csv")
-    assert list(data["run_name"]) == ["hope-tau0.005", "hope", "hope-tau0.05", "hope_no_surprise"]
-    assert list(data["gate_off"]) == [False, False, False, True]  # thresholds ascending, then the gate off
+    assert list(data["run_name"]) == ["hope-tau0.005", "hope-tau0.05", "hope", "hope_no_surprise"]
+    assert list(data["gate_off"]) == [False, False, False, True]  # absolute τ ascending, relative, gate off
     for _, row in data.iterrows():
         vals = []
         for seed_dir in (study_root / "tiny" / row["run_name"]).iterdir():
@@ -217,20 +218,20 @@ def test_table2_sweep_pass_rates_come_from_the_probes(report, study_root):
         assert row["pass_rate_min_layer"] == pytest.approx(v.groupby("layer")["value"].mean().min(), abs=1e-12)
     assert data.loc[3, "pass_rate"] == 1.0
     md = (report / "tables" / "table2_sweep.md").read_text()
-    assert "0.02 (default)" in md and "hope-tau0.005" in md and "| gate off | hope_no_surprise |" in md
+    assert "0 (relative) (default)" in md and "hope-tau0.005" in md and "| gate off | hope_no_surprise |" in md
 
 
 def test_a_sweep_study_without_untagged_hope_uses_the_default_threshold_as_reference(tmp_path):
     root = build_synthetic_study(tmp_path, scales=("tiny",), seeds=(0, 1), variants=["hope_no_surprise"],
-                                 sweep=(0.005, 0.02, 0.05), failed=None, overrides={"dim": 32})
+                                 sweep=(0.005, "relative", 0.05), failed=None, overrides={"dim": 32})
     study = load_results(root)
-    assert reference_run_name(study, "tiny") == "hope-tau0.02"  # its only own override is the default τ
+    assert reference_run_name(study, "tiny") == "hope-relative"  # its only own overrides are the default gate
     t1, t2, _, t4 = render_tables(study, tmp_path / "tables")
     assert isinstance(t4, Skipped)  # recall capacity: no run on a synthetic task
-    assert list(t1.data["run_name"]) == ["hope-tau0.02", "hope_no_surprise"] and t1.data["reference"].iloc[0]
-    assert list(t2.data["run_name"]) == ["hope-tau0.005", "hope-tau0.02", "hope-tau0.05", "hope_no_surprise"]
-    assert "0.02 (default)" in t2.markdown and "| gate off |" in t2.markdown
-    ref = t2.data.set_index("run_name").loc["hope-tau0.02", "mean"]
+    assert list(t1.data["run_name"]) == ["hope-relative", "hope_no_surprise"] and t1.data["reference"].iloc[0]
+    assert list(t2.data["run_name"]) == ["hope-tau0.005", "hope-tau0.05", "hope-relative", "hope_no_surprise"]
+    assert "0 (relative) (default)" in t2.markdown and "| gate off |" in t2.markdown
+    ref = t2.data.set_index("run_name").loc["hope-relative", "mean"]
     off = t2.data.set_index("run_name").loc["hope_no_surprise"]
     assert off["delta"] == pytest.approx(off["mean"] - ref, abs=1e-12)
 
@@ -338,7 +339,7 @@ def test_findings_carry_the_computed_numbers(report, study):
     r2 = pd.read_csv(report / "tables" / "table1_ablation.csv")  # tiny only
     assert "at small, removing self-modification hurts" in both and "from tiny to small" in both
     assert len(r2["scale"].unique()) == 1
-    assert "the gate is effectively a no-op" in readme and "largely redundant" in readme
+    assert "the gate is selective" in readme and "largely redundant" in readme
 
 
 def test_findings_follow_the_numbers_not_a_script(study):

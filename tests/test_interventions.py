@@ -275,7 +275,9 @@ def test_ground_truth_hope_uses_its_memory_only_where_the_task_needs_it():
 
     torch.manual_seed(0)
     V, L = 16, 16
-    cfg = ModelConfig(vocab_size=V, dim=32, n_layers=1, n_heads=2, context_len=2 * L, chunk_size=4, cms_periods=(8,))
+    # every token writes: the instrument is under test here, not the surprise gate (whose default filters)
+    cfg = ModelConfig(vocab_size=V, dim=32, n_layers=1, n_heads=2, context_len=2 * L, chunk_size=4, cms_periods=(8,),
+                      surprise_mode="off")
     model = build_model("hope", cfg)
 
     def copies(n, gen):  # x, y [n, 2L]: s s, and the next token of each

@@ -24,7 +24,10 @@ from hopelab.ops.dgd import dgd_linear_memory_chunk, dgd_linear_memory_chunk_ref
 
 DT = torch.float64
 V = 50
-CFG = ModelConfig(vocab_size=V, dim=16, n_layers=1, n_heads=2, context_len=32, chunk_size=4, cms_periods=(4, 8))
+# the absolute gate: the transcriptions write it out (the relative gate's running statistics are checked in
+# tests/test_ops.py); closed-gate tests below use both modes
+CFG = ModelConfig(vocab_size=V, dim=16, n_layers=1, n_heads=2, context_len=32, chunk_size=4, cms_periods=(4, 8),
+                  surprise_mode="absolute")
 MEMORIES = ("k", "v", "eta", "alpha", "q", "memory")  # the six memories of Eq 83, in the layer's order
 
 

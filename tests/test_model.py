@@ -323,3 +323,22 @@ def test_cms_level_steps_equal_the_reference(period, T, first_order):
     for a, b in zip(outs[0] + grads[0], outs[1] + grads[1]):
         assert (a is None) == (b is None)  # no complete block: nothing reaches the learning rate
         assert a is None or torch.allclose(a, b, atol=1e-11, rtol=1e-9), (a - b).abs().max()
+
+
+def test_the_default_gate_rule_filters_on_a_fresh_tiny_model():
+    """README's rule for the default gate (relative, z > 0) passes 5-95% of tokens at initialisation, where the
+    dissection's absolute τ = 0.02 passes every token (the surprise's floor is above it)."""
+    from hopelab.config import get_scale
+
+    cfg = get_scale("tiny").model
+    x = torch.randint(0, cfg.vocab_size, (4, cfg.context_len), generator=torch.Generator().manual_seed(0))
+    rates = {}
+    for mode, tau in ((cfg.surprise_mode, cfg.surprise_threshold), ("absolute", 0.02)):
+        torch.manual_seed(0)
+        model = build_model("hope", dataclasses.replace(cfg, surprise_mode=mode, surprise_threshold=tau)).eval()
+        with torch.no_grad(), record_hooks(model, ["*hook_gate"]) as rec:
+            model(x)
+        rates[mode] = [float(t.float().mean()) for t in rec.values()]
+    assert len(rates[cfg.surprise_mode]) == cfg.n_layers
+    assert all(0.05 <= r <= 0.95 for r in rates[cfg.surprise_mode]), rates
+    assert all(r == 1.0 for r in rates["absolute"]), rates

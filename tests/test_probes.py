@@ -214,7 +214,7 @@ def test_rel_drift_matches_the_trace():
 def test_surprise_units_match_the_gate(variant):
     """In absolute mode the model's own gate passes exactly the tokens whose recorded surprise exceeds the
     configured threshold, so the probe's surprise is in the gate's units; with the gate off it passes all."""
-    model = make_module(variant, surprise_threshold=0.05).model
+    model = make_module(variant, surprise_mode="absolute", surprise_threshold=0.05).model
     at = ProbeStep(model, 5, BATCH)
     rows = SurpriseProbe().collect(at)
     for layer in (0, 1):

@@ -50,7 +50,7 @@ def test_ablation_is_table_1_of_the_dissection_study():
     six = {"hope", "hope_no_cms", "hope_no_selfmod", "hope_no_surprise", "titans", "transformer"}
     assert small == six  # the parameter-matched Transformer only at scaled (81.2M vs 73.1M)
     assert scaled == six | {"transformer_matched"}
-    assert len(plan_runs(study, scales=["tiny"])) == 6  # per-scale seeds: one at tiny (CPU), two on a GPU
+    assert len(plan_runs(study, scales=["tiny"])) == 12  # two seeds everywhere: paired intervals (make study)
     assert len(plan_runs(study, scales=["small"])) == 12 and len(plan_runs(study, scales=["small"], seeds=3)) == 18
     scaling = load_study("scaling").study
     assert scaling.scales == ("small", "scaled")
@@ -60,7 +60,8 @@ def test_ablation_is_table_1_of_the_dissection_study():
 def test_sweep_and_period_studies():
     sweep = load_study("surprise_sweep").study
     taus = {c.tag: c.model["surprise_threshold"] for c in sweep.cells if c.tag.startswith("tau")}
-    assert taus == {f"tau{t}": t for t in (0.005, 0.01, 0.02, 0.05, 0.1)}
+    assert taus == {f"tau{t}": t for t in (0.02, 0.05, 0.1, 0.2, 0.5)}
+    assert all(c.model["surprise_mode"] == "absolute" for c in sweep.cells if c.tag.startswith("tau"))
     relative = next(c for c in sweep.cells if c.tag == "relative")
     assert relative.variant == "hope" and relative.model["surprise_mode"] == "relative"
     periods = [c.model["cms_periods"] for c in load_study("cms_periods").study.cells if c.variant == "hope"]
@@ -118,8 +119,8 @@ def test_user_study_file_and_its_errors(tmp_path):
     no_study.write_text("X = 1\n")
     with pytest.raises(UserError, match="must define STUDY = Study"):
         load_study(str(no_study))
-    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, recall, "
-                                        "recall_quick, scaling"):
+    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, lr_sweep, "
+                                        "recall, recall_quick, scaling"):
         load_study("nope")
 
 
@@ -240,8 +241,8 @@ def test_cli_dry_run_shows_state_and_shards(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, recall, recall_quick, "
-                               "scaling, surprise_sweep"),
+        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, lr_sweep, recall, "
+                               "recall_quick, scaling, surprise_sweep"),
         (["study", "ablation", "--scale", "huge", "--dry-run"], "unknown scale 'huge'; choose one of: tiny, small"),
         (["study", "show", "ablation", "--set", "dimm=3"], "unknown --set key 'dimm'; valid model keys:"),
         (["study", "ablation", "--set", "dim", "--dry-run"], "expected KEY=VALUE"),

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hopelab.config import ModelConfig
 from hopelab.errors import UserError
 from hopelab.records import METRICS_SCHEMA, PROBE_SCHEMA
 from hopelab.run import RunSpec, parse_overrides, train_one
@@ -106,6 +107,8 @@ def test_run_directory_schema_probes_and_metrics(hope_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["variant"] == "hope" and config["model"]["dim"] == 32 and config["train"]["steps"] == STEPS
     assert config["n_params"] > 0 and config["spec"]["seed"] == 0
+    refs = config["data"]["references"]  # the report's unigram/bigram lines (tests/test_references.py)
+    assert 0 < refs["bigram"] < refs["unigram"] <= math.log(config["model"]["vocab_size"]) + 0.5
 
     # checkpoints: the last two, each carrying the resolved config
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -128,7 +131,8 @@ def test_run_directory_schema_probes_and_metrics(hope_run):
     assert df[df.probe == "selfmod"].component.dropna().unique().size == 6
     positions = df[(df.probe == "selfmod") & (df.metric == "rel_drift_meta_fast")].position.dropna()
     assert sorted(positions.unique()) == [16, 32, 48, 64]
-    assert df[(df.metric == "gate_pass_rate") & (df.component == "gate")].threshold.unique().tolist() == [0.02]
+    realised = df[(df.metric == "gate_pass_rate") & (df.component == "gate")]  # at the configured (default) τ
+    assert realised.threshold.unique().tolist() == [ModelConfig().surprise_threshold]
     # intervene: the tracked switches on 8 sequences before the last step, every switch but the resets on 64 at it
     iv = df[(df.probe == "intervene") & (df.metric == "seq_loss")]
     assert set(iv[iv.step == 5].component) == {"none", "selfmod_writes_off", "all_writes_off"}

@@ -175,7 +175,8 @@ class SelfReferentialTitans(FastMemory):
 
     def reset_carry(self, carry):
         weights, stats = carry
-        return self.initial_state(weights[0].shape[0]).weights, stats  # the surprise statistics carry on
+        # the surprise statistics are in-context state too: with relative gating they remember earlier tokens
+        return self.initial_state(weights[0].shape[0]).weights, torch.zeros_like(stats)
 
     def fast_states(self, carry) -> dict[str, dict[str, torch.Tensor]]:
         """Each memory's fast weights in the parameter layout ([B, H, d, h], [B, H, h, d] or [B, H, d, d])."""

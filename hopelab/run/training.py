@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from hopelab.config import ModelConfig, TrainConfig, to_dict
+from hopelab.data.references import references
 from hopelab.errors import UserError
 from hopelab.lit.datamodule import StepDataModule
 from hopelab.lit.metrics import TrainMetrics, evaluate
@@ -132,6 +133,7 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
     n_fast = len(fast_memory_layers(module.model))
     executed = {"compiled_modules": n_fast if spec.compile else 0,
                 "recomputed_modules": n_fast if spec.recompute else 0}
+    refs = references(data)
     config = {
         "spec": normalise(dataclasses.asdict(spec)),
         "model": to_dict(module.model.config),
@@ -140,7 +142,8 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
         "scale": spec.scale,
         "n_params": count_parameters(module.model),
         "identity": identity,
-        "data": {k: data.meta.get(k) for k in ("key", "documents", "train_tokens", "val_tokens") if k in data.meta},
+        "data": {**{k: data.meta.get(k) for k in ("key", "documents", "train_tokens", "val_tokens") if k in data.meta},
+                 "references": refs.to_dict() if refs else None},  # unigram/bigram val loss: the report's scale
     }
     module.run_config = config
     return module, config, executed
