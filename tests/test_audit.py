@@ -254,7 +254,7 @@ def test_report_lists_every_registered_check_once_in_registry_order():
     r = run("nonfinite.py:build")  # skipped checks are listed too
     assert [c.name for c in r.checks] == [c.name for c in CHECKS]
     assert [c.title for c in r.checks] == [c.title for c in CHECKS]
-    assert len({c.name for c in CHECKS}) == len(CHECKS) == 9
+    assert len({c.name for c in CHECKS}) == len(CHECKS) == 10
 
 
 # --- names and tracing ------------------------------------------------------------------------------------
@@ -307,3 +307,28 @@ def test_cli_main_bad_target_is_one_line_exit_2():
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot import target module 'no_such_module_xyz'")
+
+
+# --- templates versus dead mechanisms ----------------------------------------------------------------------
+
+
+def test_dead_submodule_is_a_critical_dead_mechanism():
+    r = run("dead_mechanism.py:build")
+    f = finding(r, "dead_mechanism")
+    assert f.severity == "critical" and r.exit_code == 1
+    assert f.evidence["module"] == "target_gen" and 0.15 < f.evidence["share_of_parameters"] < 0.25
+    assert "--call" in f.title and "target_gen" in f.title
+    assert set(f.params) == {"target_gen.0.weight", "target_gen.0.bias", "target_gen.2.weight", "target_gen.2.bias"}
+    assert not r.has("unused_params")  # reported as dead, not as a harmless template
+    row = next(row for row in r.gradient_flow if row.component == "target_gen.*")
+    assert not row.ok and "dead mechanism" in row.status
+
+
+@pytest.mark.parametrize("spec,twin", [("template_module.py:build", "'memory_init' holds a copy"),
+                                       ("template_functional.py:build", "functional call")])
+def test_template_with_a_used_twin_stays_info(spec, twin):
+    r = run(spec)
+    assert r.exit_code == 0 and not checks_of(r, "critical") and not r.has("dead_mechanism")
+    f = finding(r, "unused_params")
+    assert f.severity == "info" and len(f.params) == 1 and twin in f.evidence["twins"][f.params[0]]
+    assert next(c for c in r.checks if c.name == "dead_mechanism").status == "pass"

@@ -15,6 +15,7 @@ from torch import nn
 from hopelab.audit.checks import (
     batch_independence,
     causality,
+    dead_mechanism,
     eta_alpha,
     eval_vs_train,
     gradient_flow,
@@ -39,6 +40,7 @@ CHECKS: tuple[Check, ...] = tuple(module.CHECK for module in (
     eval_vs_train,  # 7 memory keeps working in eval; no state carried across calls
     eta_alpha,  # 8 η / α stay per token and per sample
     nonfinite,  # 9 NaN / inf
+    dead_mechanism,  # 10 unused parameters without a used twin forming a submodule / a large share
 ))
 
 

@@ -38,6 +38,7 @@ class PerturbedPointTrace:
     escapes: list[dict]  # η / α values turned into Python numbers
     memory: dict[str, str]  # memory / η / α parameter -> why it is one (hopelab.audit.names)
     nonfinite: list[str]
+    called: set[str]  # modules whose forward ran (also through torch.func.functional_call)
 
 
 def gradients_at_base(ctx: AuditContext) -> BaseGradients:
@@ -67,7 +68,7 @@ def trace_perturbed_point(ctx: AuditContext,
     """Pass B, generic copy, traced. Also returns that copy and its output: pass C calls it a second time."""
     m = ctx.copy(ctx.generic)
     producer_names = N.producer_modules(m)
-    out, tracer, producer_outputs = _traced_forward(ctx, m, producer_names)
+    out, tracer, producer_outputs, called = _traced_forward(ctx, m, producer_names)
     memory = N.memory_parameters(m, ctx.options.memory_globs, producer_names)
     T = ctx.T
     late = torch.zeros(1, T, *([1] * (out.ndim - 2)), dtype=torch.bool, device=out.device)  # [1, T, 1...]
@@ -95,16 +96,19 @@ def trace_perturbed_point(ctx: AuditContext,
         grad_full=grad_full, grad_late={n: grad_state(g) for n, g in g_late.items()},
         accesses={n: dict(c) for n, c in tracer.accesses.items()}, producer_names=producer_names,
         producer_outputs=producer_outputs, collapsed=tracer.collapsed_in(out), escapes=tracer.escapes,
-        memory=memory, nonfinite=nonfinite)
+        memory=memory, nonfinite=nonfinite, called=called)
     return trace, m, out.detach()
 
 
 def _traced_forward(ctx: AuditContext, m: nn.Module, producer_names: list[str]):
-    """Forward `m` under a ForwardTracer, labelling and recording every η / α producer's output."""
+    """Forward `m` under a ForwardTracer, labelling and recording every η / α producer's output, and noting
+    which modules ran."""
     tracer = ForwardTracer({id(p): (n, p) for n, p in m.named_parameters()}, ctx.B)
     records: dict[str, list[torch.Tensor]] = defaultdict(list)
     modules = dict(m.named_modules())
-    handles = []
+    called: set[str] = set()
+    handles = [mod.register_forward_pre_hook(lambda _mod, _inp, _name=name: called.add(_name))
+               for name, mod in modules.items() if name]
     for name in producer_names:
         def hook(_mod, _inp, out, _name=name):
             t = module_output(out)
@@ -118,4 +122,4 @@ def _traced_forward(ctx: AuditContext, m: nn.Module, producer_names: list[str]):
     finally:
         for h in handles:
             h.remove()
-    return out, tracer, dict(records)
+    return out, tracer, dict(records), called
