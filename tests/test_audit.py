@@ -254,7 +254,7 @@ def test_report_lists_every_registered_check_once_in_registry_order():
     r = run("nonfinite.py:build")  # skipped checks are listed too
     assert [c.name for c in r.checks] == [c.name for c in CHECKS]
     assert [c.title for c in r.checks] == [c.title for c in CHECKS]
-    assert len({c.name for c in CHECKS}) == len(CHECKS) == 10
+    assert len({c.name for c in CHECKS}) == len(CHECKS) == 11
 
 
 # --- names and tracing ------------------------------------------------------------------------------------
@@ -332,3 +332,20 @@ def test_template_with_a_used_twin_stays_info(spec, twin):
     f = finding(r, "unused_params")
     assert f.severity == "info" and len(f.params) == 1 and twin in f.evidence["twins"][f.params[0]]
     assert next(c for c in r.checks if c.name == "dead_mechanism").status == "pass"
+
+
+# --- gradient correctness -----------------------------------------------------------------------------------
+
+
+def test_checkpoint_rerunning_a_stateful_update_gives_wrong_gradients():
+    r = run("checkpointed_state.py:build")
+    f = finding(r, "wrong_gradient")
+    assert f.severity == "critical" and r.exit_code == 1
+    assert all(d["rel_error"] > 1e-3 for d in f.evidence["directions"])
+    assert "q_proj" in f.params and "head" not in f.params and f.evidence["tolerance"] == 1e-6  # per group
+    # the checkpointed forward is the same function: nothing else tells the two apart
+    pure = run("checkpointed_state.py:build_pure")
+    assert pure.exit_code == 0 and not checks_of(pure, "critical")
+    check = next(c for c in pure.checks if c.name == "gradient_correctness")
+    assert check.status == "pass" and "tolerance 1e-06" in check.summary
+    assert checks_of(r) - {"wrong_gradient"} == checks_of(pure)

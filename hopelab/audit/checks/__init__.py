@@ -18,6 +18,7 @@ from hopelab.audit.checks import (
     dead_mechanism,
     eta_alpha,
     eval_vs_train,
+    gradient_correctness,
     gradient_flow,
     in_context_grad,
     nonfinite,
@@ -41,6 +42,7 @@ CHECKS: tuple[Check, ...] = tuple(module.CHECK for module in (
     eta_alpha,  # 8 η / α stay per token and per sample
     nonfinite,  # 9 NaN / inf
     dead_mechanism,  # 10 unused parameters without a used twin forming a submodule / a large share
+    gradient_correctness,  # 11 autograd agrees with finite differences (float64)
 ))
 
 
