@@ -349,3 +349,21 @@ def test_checkpoint_rerunning_a_stateful_update_gives_wrong_gradients():
     check = next(c for c in pure.checks if c.name == "gradient_correctness")
     assert check.status == "pass" and "tolerance 1e-06" in check.summary
     assert checks_of(r) - {"wrong_gradient"} == checks_of(pure)
+
+
+# --- constant rates -----------------------------------------------------------------------------------------
+
+
+def test_eta_constant_by_construction_is_told_apart_from_a_batch_scalar():
+    r = run("eta_constant.py:build")
+    f = finding(r, "eta_alpha_constant_by_construction")
+    assert f.severity == "critical" and set(f.params) == {"eta_head", "alpha_head"} and r.exit_code == 1
+    assert abs(f.evidence["producers"]["eta_head"]["mean"] - 0.5) < 1e-12  # sigmoid(0) for every token
+    assert not r.has("eta_alpha_collapse")  # constant, not collapsed to a batch scalar
+    check = next(c for c in r.checks if c.name == "eta_alpha")
+    assert check.status == "fail" and "0 collapsed to a batch scalar" in check.summary
+    assert "2 constant by construction" in check.summary
+    # the same producers with trainable LayerNorms: constant at the given parameters only
+    twin = run("eta_constant.py:build_trainable")
+    assert twin.exit_code == 0 and not checks_of(twin, "critical")
+    assert finding(twin, "eta_alpha_constant_at_init").severity == "info"

@@ -23,6 +23,7 @@ class BaseGradients:
     nonfinite: list[str]  # where NaN / inf showed up
     loss_kind: str  # which loss ran (for the report's settings)
     row_numel: int  # output elements per sequence (sizes the sweep's batches)
+    producer_outputs: dict[str, list[torch.Tensor]]  # η / α producer -> its outputs at the base point
 
 
 @dataclass
@@ -44,6 +45,8 @@ class PerturbedPointTrace:
 def gradients_at_base(ctx: AuditContext) -> BaseGradients:
     """Pass A, base copy: forward + loss + backward. Any failure here is the model's (or the call's) problem."""
     m = ctx.copy(ctx.base)
+    records: dict[str, list[torch.Tensor]] = defaultdict(list)
+    handles = _record_outputs(m, N.producer_modules(m), records)
     try:
         out = ctx.forward(m, ctx.x, train=True, grad=True)
         loss = ctx.loss_of(out, ctx.x)
@@ -52,6 +55,9 @@ def gradients_at_base(ctx: AuditContext) -> BaseGradients:
         raise
     except Exception as err:
         raise ModelFailed(f"{type(err).__name__}: {err}") from err
+    finally:
+        for h in handles:
+            h.remove()
     nonfinite = []
     if not is_finite(out):
         nonfinite.append("output (base parameters)")
@@ -60,7 +66,23 @@ def gradients_at_base(ctx: AuditContext) -> BaseGradients:
     bad = [n for n, g in grads.items() if not is_finite(g)]
     if bad:
         nonfinite.append(f"gradients of {len(bad)} parameter(s) (base), e.g. {bad[0]}")
-    return BaseGradients({n: grad_state(g) for n, g in grads.items()}, nonfinite, ctx.loss_kind, out[0].numel())
+    return BaseGradients({n: grad_state(g) for n, g in grads.items()}, nonfinite, ctx.loss_kind, out[0].numel(),
+                         dict(records))
+
+
+def _record_outputs(m: nn.Module, names: list[str], records: dict[str, list[torch.Tensor]], tracer=None):
+    """Forward hooks keeping a copy of each named module's output (labelled for `tracer` when given)."""
+    modules = dict(m.named_modules())
+    handles = []
+    for name in names:
+        def hook(_mod, _inp, out, _name=name):
+            t = module_output(out)
+            if t is not None:
+                if tracer is not None:
+                    tracer.label(t, _name)
+                records[_name].append(t.detach().clone())
+        handles.append(modules[name].register_forward_hook(hook))
+    return handles
 
 
 def trace_perturbed_point(ctx: AuditContext,
@@ -109,13 +131,7 @@ def _traced_forward(ctx: AuditContext, m: nn.Module, producer_names: list[str]):
     called: set[str] = set()
     handles = [mod.register_forward_pre_hook(lambda _mod, _inp, _name=name: called.add(_name))
                for name, mod in modules.items() if name]
-    for name in producer_names:
-        def hook(_mod, _inp, out, _name=name):
-            t = module_output(out)
-            if t is not None:
-                tracer.label(t, _name)
-                records[_name].append(t.detach().clone())
-        handles.append(modules[name].register_forward_hook(hook))
+    handles += _record_outputs(m, producer_names, records, tracer)
     try:
         with tracer:
             out = ctx.forward(m, ctx.x, train=True, grad=True)
