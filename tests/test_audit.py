@@ -367,3 +367,45 @@ def test_eta_constant_by_construction_is_told_apart_from_a_batch_scalar():
     twin = run("eta_constant.py:build_trainable")
     assert twin.exit_code == 0 and not checks_of(twin, "critical")
     assert finding(twin, "eta_alpha_constant_at_init").severity == "info"
+
+
+# --- factory arguments and the first forward ----------------------------------------------------------------
+
+
+def test_kw_arguments_reach_the_factory_and_bad_ones_are_named():
+    from hopelab.audit.target import parse_kwargs
+
+    assert parse_kwargs(["dim=8", "chunk=4", "name=fast", "sizes=[1, 2]"]) == {
+        "dim": 8, "chunk": 4, "name": "fast", "sizes": [1, 2]}
+    with pytest.raises(UserError, match="key=value"):
+        parse_kwargs(["dim"])
+    spec = str(FIX / "needs_reset.py:NeedsResetLM")
+    model = build_target(spec, {"dim": 8, "chunk": 4})
+    assert model.dim == 8 and model.chunk == 4
+    with pytest.raises(UserError, match="unexpected keyword argument 'dimm'"):
+        build_target(spec, {"dimm": 8})
+    with pytest.raises(UserError, match="failed with dim=-1"):
+        build_target(spec, {"dim": -1})
+
+
+def test_failed_forward_lists_reset_methods_and_forward_parameters():
+    spec = str(FIX / "needs_reset.py")
+    model = build_target(f"{spec}:NeedsResetLM", {"dim": 8})
+    with pytest.raises(UserError) as err:
+        audit(model)
+    msg = str(err.value)
+    assert "weights not initialized" in msg and "NeedsResetLM.reset_memory()" in msg
+    assert "forward(x, mask=None)" in msg and "\n" not in msg
+    assert audit(model, call=f"{spec}:run").exit_code == 0
+
+
+def test_cli_kw(tmp_path):
+    from hopelab.cli import app
+
+    spec = str(FIX / "needs_reset.py")
+    res = CliRunner().invoke(app, ["audit", f"{spec}:NeedsResetLM", "--kw", "dim=8", "--kw", "chunk=4",
+                                   "--call", f"{spec}:run", "--seq-len", "16", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["n_params"] < 3000  # dim 8, not 16
+    res = CliRunner().invoke(app, ["audit", f"{spec}:NeedsResetLM", "--kw", "width=8"])
+    assert isinstance(res.exception, UserError) and "width" in str(res.exception)

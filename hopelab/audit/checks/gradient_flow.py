@@ -23,6 +23,7 @@ from torch import nn
 from hopelab.audit.checks.base import Check, Outcome
 from hopelab.audit.passes import Measurements
 from hopelab.audit.report import Finding
+from hopelab.audit.target import entry_points
 from hopelab.audit.tracing import GRAPH_CUTTING
 from hopelab.audit.twins import DeadGroup, dead_groups, find_twins
 
@@ -133,7 +134,7 @@ def judge(m: Measurements) -> Outcome:
 
 def reset_hint(model: nn.Module) -> dict[str, str]:
     """For unused parameters: the model's own reset methods may be what puts them to use."""
-    resets = _reset_methods(model)
+    resets = entry_points(model, ("reset",))
     if not resets:
         return {}
     return {"hint": f"the model defines {', '.join(resets[:4])}: if training calls a reset before the forward "
@@ -147,17 +148,6 @@ def _access_evidence(m: Measurements, names: list[str]) -> dict[str, Any]:
                 "ops_in_forward": m.perturbed.accesses.get(n, {}),
                 "finite_difference": m.influence.get(n, (None, ""))[1]}
             for n in names[:24]}
-
-
-def _reset_methods(model: nn.Module) -> list[str]:
-    """`Class.reset_*` methods a model defines beyond torch's own (`reset_parameters`)."""
-    found = []
-    for mod in {type(m) for m in model.modules()}:
-        for attr in dir(mod):
-            own = "reset" in attr.lower() and attr != "reset_parameters" and not hasattr(nn.Module, attr)
-            if own and callable(getattr(mod, attr, None)):
-                found.append(f"{mod.__name__}.{attr}()")
-    return sorted(found)
 
 
 CHECK = Check("gradient_flow", "1 gradient flow (unused vs disconnected)", judge)

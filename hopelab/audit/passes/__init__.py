@@ -51,6 +51,7 @@ from hopelab.audit.passes.gradients import (
 )
 from hopelab.audit.passes.influence import parameter_influence
 from hopelab.audit.passes.sweep import PositionSweep, position_sweep
+from hopelab.audit.target import entry_points, forward_signature
 from hopelab.errors import UserError
 
 
@@ -140,5 +141,7 @@ def _first_pass(model: nn.Module, options: AuditOptions,
                 if dt == torch.float64 and options.dtype == "auto":
                     notes.append(f"the model does not run in float64 ({failure}); audited in float32 with "
                                  f"tolerance {TOLERANCE[torch.float32]:g}")
-    raise UserError(f"calling the model failed: {failure} (pass --call module:fn if it needs more than "
-                    "model(x), --input/--vocab/--seq-len for other inputs)")
+    methods = entry_points(model)
+    setup = f"; its setup methods: {', '.join(methods[:8])} (call them in --call if training does)" if methods else ""
+    raise UserError(f"calling the model failed: {failure} (model.{forward_signature(model)}{setup}; pass "
+                    "--call module:fn if it needs more than model(x), --input/--vocab/--seq-len for other inputs)")
