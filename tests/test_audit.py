@@ -254,7 +254,7 @@ def test_report_lists_every_registered_check_once_in_registry_order():
     r = run("nonfinite.py:build")  # skipped checks are listed too
     assert [c.name for c in r.checks] == [c.name for c in CHECKS]
     assert [c.title for c in r.checks] == [c.title for c in CHECKS]
-    assert len({c.name for c in CHECKS}) == len(CHECKS) == 9
+    assert len({c.name for c in CHECKS}) == len(CHECKS) == 11
 
 
 # --- names and tracing ------------------------------------------------------------------------------------
@@ -307,3 +307,105 @@ def test_cli_main_bad_target_is_one_line_exit_2():
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot import target module 'no_such_module_xyz'")
+
+
+# --- templates versus dead mechanisms ----------------------------------------------------------------------
+
+
+def test_dead_submodule_is_a_critical_dead_mechanism():
+    r = run("dead_mechanism.py:build")
+    f = finding(r, "dead_mechanism")
+    assert f.severity == "critical" and r.exit_code == 1
+    assert f.evidence["module"] == "target_gen" and 0.15 < f.evidence["share_of_parameters"] < 0.25
+    assert "--call" in f.title and "target_gen" in f.title
+    assert set(f.params) == {"target_gen.0.weight", "target_gen.0.bias", "target_gen.2.weight", "target_gen.2.bias"}
+    assert not r.has("unused_params")  # reported as dead, not as a harmless template
+    row = next(row for row in r.gradient_flow if row.component == "target_gen.*")
+    assert not row.ok and "dead mechanism" in row.status
+
+
+@pytest.mark.parametrize("spec,twin", [("template_module.py:build", "'memory_init' holds a copy"),
+                                       ("template_functional.py:build", "functional call")])
+def test_template_with_a_used_twin_stays_info(spec, twin):
+    r = run(spec)
+    assert r.exit_code == 0 and not checks_of(r, "critical") and not r.has("dead_mechanism")
+    f = finding(r, "unused_params")
+    assert f.severity == "info" and len(f.params) == 1 and twin in f.evidence["twins"][f.params[0]]
+    assert next(c for c in r.checks if c.name == "dead_mechanism").status == "pass"
+
+
+# --- gradient correctness -----------------------------------------------------------------------------------
+
+
+def test_checkpoint_rerunning_a_stateful_update_gives_wrong_gradients():
+    r = run("checkpointed_state.py:build")
+    f = finding(r, "wrong_gradient")
+    assert f.severity == "critical" and r.exit_code == 1
+    assert all(d["rel_error"] > 1e-3 for d in f.evidence["directions"])
+    assert "q_proj" in f.params and "head" not in f.params and f.evidence["tolerance"] == 1e-6  # per group
+    # the checkpointed forward is the same function: nothing else tells the two apart
+    pure = run("checkpointed_state.py:build_pure")
+    assert pure.exit_code == 0 and not checks_of(pure, "critical")
+    check = next(c for c in pure.checks if c.name == "gradient_correctness")
+    assert check.status == "pass" and "tolerance 1e-06" in check.summary
+    assert checks_of(r) - {"wrong_gradient"} == checks_of(pure)
+
+
+# --- constant rates -----------------------------------------------------------------------------------------
+
+
+def test_eta_constant_by_construction_is_told_apart_from_a_batch_scalar():
+    r = run("eta_constant.py:build")
+    f = finding(r, "eta_alpha_constant_by_construction")
+    assert f.severity == "critical" and set(f.params) == {"eta_head", "alpha_head"} and r.exit_code == 1
+    assert abs(f.evidence["producers"]["eta_head"]["mean"] - 0.5) < 1e-12  # sigmoid(0) for every token
+    assert not r.has("eta_alpha_collapse")  # constant, not collapsed to a batch scalar
+    check = next(c for c in r.checks if c.name == "eta_alpha")
+    assert check.status == "fail" and "0 collapsed to a batch scalar" in check.summary
+    assert "2 constant by construction" in check.summary
+    # the same producers with trainable LayerNorms: constant at the given parameters only
+    twin = run("eta_constant.py:build_trainable")
+    assert twin.exit_code == 0 and not checks_of(twin, "critical")
+    assert finding(twin, "eta_alpha_constant_at_init").severity == "info"
+
+
+# --- factory arguments and the first forward ----------------------------------------------------------------
+
+
+def test_kw_arguments_reach_the_factory_and_bad_ones_are_named():
+    from hopelab.audit.target import parse_kwargs
+
+    assert parse_kwargs(["dim=8", "chunk=4", "name=fast", "sizes=[1, 2]"]) == {
+        "dim": 8, "chunk": 4, "name": "fast", "sizes": [1, 2]}
+    with pytest.raises(UserError, match="key=value"):
+        parse_kwargs(["dim"])
+    spec = str(FIX / "needs_reset.py:NeedsResetLM")
+    model = build_target(spec, {"dim": 8, "chunk": 4})
+    assert model.dim == 8 and model.chunk == 4
+    with pytest.raises(UserError, match="unexpected keyword argument 'dimm'"):
+        build_target(spec, {"dimm": 8})
+    with pytest.raises(UserError, match="failed with dim=-1"):
+        build_target(spec, {"dim": -1})
+
+
+def test_failed_forward_lists_reset_methods_and_forward_parameters():
+    spec = str(FIX / "needs_reset.py")
+    model = build_target(f"{spec}:NeedsResetLM", {"dim": 8})
+    with pytest.raises(UserError) as err:
+        audit(model)
+    msg = str(err.value)
+    assert "weights not initialized" in msg and "NeedsResetLM.reset_memory()" in msg
+    assert "forward(x, mask=None)" in msg and "\n" not in msg
+    assert audit(model, call=f"{spec}:run").exit_code == 0
+
+
+def test_cli_kw(tmp_path):
+    from hopelab.cli import app
+
+    spec = str(FIX / "needs_reset.py")
+    res = CliRunner().invoke(app, ["audit", f"{spec}:NeedsResetLM", "--kw", "dim=8", "--kw", "chunk=4",
+                                   "--call", f"{spec}:run", "--seq-len", "16", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["n_params"] < 3000  # dim 8, not 16
+    res = CliRunner().invoke(app, ["audit", f"{spec}:NeedsResetLM", "--kw", "width=8"])
+    assert isinstance(res.exception, UserError) and "width" in str(res.exception)

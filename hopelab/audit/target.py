@@ -1,7 +1,8 @@
 """How the audit reaches a model it has never seen: targets, inputs, the call and the default loss.
 
-- TARGET `package.module:factory` or `path/to/file.py:factory`; `factory()` returns an `nn.Module`. A file's
-  own folder is put on `sys.path` so it can import its siblings.
+- TARGET `package.module:factory` or `path/to/file.py:factory`; `factory(**kwargs)` returns an `nn.Module`
+  (a class works: `titans_pytorch:NeuralMemory` with `--kw dim=64`). A file's own folder is put on `sys.path`
+  so it can import its siblings. `--kw key=value` values are parsed as JSON, else kept as strings.
 - Input `tokens` (LongTensor [B, T] in [0, vocab)) or `float:DIM` (FloatTensor [B, T, DIM], standard normal).
 - Call: `fn(model, x) -> output` (default `model(x)`). An output may be a tensor, a tuple/list (first tensor)
   or a dict (`logits`, `output`, `out`, `y`, else the first tensor value); it must be [B, T, ...].
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,18 +61,42 @@ def load_object(spec: str, what: str = "target") -> Any:
     return getattr(module, attr)
 
 
-def build_target(spec: str) -> nn.Module:
+def parse_kwargs(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["dim=64", "name=mlp", "sizes=[1,2]"]` -> {"dim": 64, "name": "mlp", "sizes": [1, 2]} (JSON, else a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"--kw {item!r} must look like key=value (a Python identifier, then =)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def build_target(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     factory = load_object(spec, "target")
+    kwargs = kwargs or {}
     if isinstance(factory, nn.Module):
+        if kwargs:
+            raise UserError(f"target {spec!r} is a module instance; --kw {', '.join(kwargs)} cannot be passed to it")
         return factory
     if not callable(factory):
         raise UserError(f"target {spec!r} is neither an nn.Module nor a factory returning one")
     try:
-        model = factory()
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:  # names the argument: "unexpected keyword argument 'dimm'", "missing ... 'dim'"
+        raise UserError(f"factory {spec!r} does not take these arguments: {err}") from None
+    except ValueError:  # no signature to check (a builtin): calling it will tell
+        pass
+    try:
+        model = factory(**kwargs)
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"factory {spec!r} failed: {type(err).__name__}: {err}") from err
+        given = f" with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}" if kwargs else ""
+        raise UserError(f"factory {spec!r} failed{given}: {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
         raise UserError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -129,6 +155,26 @@ def infer_vocab(model: nn.Module) -> int | None:
         if isinstance(m, nn.Embedding):
             return m.num_embeddings
     return None
+
+
+def entry_points(model: nn.Module, words: tuple[str, ...] = ("reset", "init")) -> list[str]:
+    """`Class.method()` for the model's own methods whose name has one of `words` (torch's own excluded)."""
+    found = set()
+    for cls in {type(m) for m in model.modules()}:
+        for attr in dir(cls):
+            if attr.startswith("__") or hasattr(nn.Module, attr) or attr == "reset_parameters":
+                continue
+            if any(w in attr.lower() for w in words) and callable(getattr(cls, attr, None)):
+                found.add(f"{cls.__name__}.{attr}()")
+    return sorted(found)
+
+
+def forward_signature(model: nn.Module) -> str:
+    """`forward(x, state=None)` as the model declares it."""
+    try:
+        return f"forward{inspect.signature(model.forward)}"
+    except (TypeError, ValueError):
+        return "forward(...)"
 
 
 def default_call(model: nn.Module, x: torch.Tensor) -> Any:

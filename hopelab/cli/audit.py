@@ -12,14 +12,16 @@ from hopelab.errors import CommandFailed, UserError
 
 def audit_command(
     target: Annotated[str, typer.Argument(help="package.module:factory or path/to/file.py:factory; "
-                                          "factory() -> nn.Module")],
+                                          "factory(**kw) -> nn.Module (a class works)")],
+    kw: Annotated[list[str], typer.Option("--kw", help="key=value passed to the factory (repeatable; JSON, else "
+                                          "a string), e.g. --kw dim=64")] = [],
     vocab: Annotated[int | None, typer.Option(help="vocabulary size for token input (default: model.config."
                                                  "vocab_size or the first nn.Embedding)")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="sequence length T")] = 64,
     batch: Annotated[int, typer.Option(help="batch size B (>= 2 to test batch independence)")] = 2,
     input: Annotated[str, typer.Option("--input", help="tokens | float:DIM")] = "tokens",
-    call: Annotated[str | None, typer.Option(help="module:fn, fn(model, x) -> output [B, T, ...] "
-                                                "(default model(x))")] = None,
+    call: Annotated[str | None, typer.Option(help="module:fn or path/to/file.py:fn, fn(model, x) -> output "
+                                                "[B, T, ...] (default model(x)); e.g. a reset, then model(x)")] = None,
     loss: Annotated[str | None, typer.Option(help="module:fn, fn(output, x) -> scalar "
                                                 "(default: next-token loss)")] = None,
     memory_params: Annotated[list[str], typer.Option("--memory-params", help="glob of parameter names to audit as "
@@ -36,7 +38,7 @@ def audit_command(
     from rich.console import Console
 
     from hopelab.audit.checks import audit
-    from hopelab.audit.target import build_target
+    from hopelab.audit.target import build_target, parse_kwargs
     from hopelab.records import atomic_path, write_json_atomic
 
     console = Console(stderr=True)
@@ -50,7 +52,7 @@ def audit_command(
         if p is not None and not p.parent.exists():
             raise UserError(f"output folder {str(p.parent)!r} does not exist")
     with console.status("loading target") as status:
-        model = build_target(target)
+        model = build_target(target, parse_kwargs(kw))
         report = audit(model, vocab=vocab, seq_len=seq_len, batch=batch, input=input, call=call, loss=loss,
                        device=device, seed=seed, memory_params=memory_params, dtype=dtype, target=target,
                        progress=lambda msg: status.update(msg))

@@ -15,8 +15,10 @@ from torch import nn
 from hopelab.audit.checks import (
     batch_independence,
     causality,
+    dead_mechanism,
     eta_alpha,
     eval_vs_train,
+    gradient_correctness,
     gradient_flow,
     in_context_grad,
     nonfinite,
@@ -39,6 +41,8 @@ CHECKS: tuple[Check, ...] = tuple(module.CHECK for module in (
     eval_vs_train,  # 7 memory keeps working in eval; no state carried across calls
     eta_alpha,  # 8 η / α stay per token and per sample
     nonfinite,  # 9 NaN / inf
+    dead_mechanism,  # 10 unused parameters without a used twin forming a submodule / a large share
+    gradient_correctness,  # 11 autograd agrees with finite differences (float64)
 ))
 
 

@@ -53,13 +53,44 @@ def judge(m: Measurements) -> Outcome:
             "eta_alpha_per_sequence", "warning",
             f"{len(per_seq)} η/α producer(s) give one value per sequence, not per token",
             {"producers": per_seq}, list(per_seq)))
+    stuck, at_init = _constant_at_base(m, constant)
+    if stuck:
+        findings.append(Finding(
+            "eta_alpha_constant_by_construction", "critical",
+            f"{len(stuck)} η/α producer(s) output one constant for every token and sample at the parameters as "
+            "given, and none of their parameters gets a gradient: constant through training, not collapsed",
+            {"producers": stuck, "why_critical": "the memory update has no data-dependent rate: η_t / α_t are "
+                                                  "the same number for every token, sample and training step"},
+            list(stuck)))
+        status = "fail"
+    if at_init:
+        findings.append(Finding(
+            "eta_alpha_constant_at_init", "info",
+            f"{len(at_init)} η/α producer(s) are constant at the parameters as given only (they vary at a "
+            "perturbed point and their parameters get a gradient)", {"producers": at_init}, list(at_init)))
     if status == "pass" and (constant or per_seq):
         status = "warn"
     if not trace.producer_outputs and not collapsed_by:
         return Outcome("skipped", "no η/α producer modules identified by name", findings)
     summary = (f"{len(trace.producer_outputs)} producer(s) traced; {len(collapsed_by)} collapsed to a batch "
-               f"scalar, {len(constant)} constant, {len(per_seq)} per-sequence")
+               f"scalar, {len(constant)} constant, {len(stuck)} constant by construction (at the given "
+               f"parameters), {len(per_seq)} per-sequence")
     return Outcome(status, summary, findings)
+
+
+def _constant_at_base(m: Measurements, constant_perturbed: dict) -> tuple[dict, dict]:
+    """Producers constant at the base point but not at the perturbed one: (stuck, at init only)."""
+    stuck, at_init = {}, {}
+    params = [n for n, _ in m.ctx.base.named_parameters()]
+    for name, outs in m.base.producer_outputs.items():
+        info = _variation(outs, m.ctx.B)
+        if name in constant_perturbed or info["per_token"] is not False or info["per_sample"] is not False:
+            continue
+        own = [n for n in params if n.startswith(name + ".")]
+        trains = [n for n in own if m.base.grad.get(n) == "ok" or m.perturbed.grad_full.get(n) == "ok"]
+        info["parameters"] = {n: m.base.grad.get(n, "frozen") for n in own[:8]}
+        (at_init if trains else stuck)[name] = info
+    return stuck, at_init
 
 
 def _variation(outs: list[torch.Tensor], B: int) -> dict[str, Any]:

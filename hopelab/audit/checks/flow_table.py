@@ -14,7 +14,7 @@ from hopelab.audit.report import FlowRow
 GRADIENT_LABELS = {  # parameter status -> the table's wording, in the order a mixed row lists them
     "ok": "yes", "zero_at_init": "zero at init only", "disconnected": "no: detached (changes the output)",
     "detached_access": "no: read only via detached copies", "dead": "no: never reaches the output",
-    "unused": "no: never used",
+    "unused": "no: never used", "dead_mechanism": "no: never runs (dead mechanism)",
     "frozen": "frozen (requires_grad=False)",
 }
 
@@ -62,6 +62,8 @@ def _row_status(kinds: list[str], late_bug: bool) -> tuple[str, bool]:
     """The row's verdict, worst first, and whether it is fine."""
     if "disconnected" in kinds:
         return "BUG: used but disconnected", False
+    if "dead_mechanism" in kinds:
+        return "BUG: dead mechanism (never runs)", False
     if late_bug:
         return "BUG: not reached through the in-context updates", False
     if "detached_access" in kinds:

@@ -9,6 +9,8 @@ and op tracing (pass B):
   detached_access   read only through graph-cutting ops (detach, .data, item) and no effect (warning)
   dead              used in the forward but never reaches the output (warning)
   unused            never used in the forward (info: e.g. a template whose copy is the real state)
+  dead_mechanism    never used, no used twin, and a whole submodule or a large share of the model
+                    (critical, reported by the dead_mechanism check; hopelab.audit.twins tells the two apart)
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from torch import nn
 from hopelab.audit.checks.base import Check, Outcome
 from hopelab.audit.passes import Measurements
 from hopelab.audit.report import Finding
+from hopelab.audit.target import entry_points
 from hopelab.audit.tracing import GRAPH_CUTTING
+from hopelab.audit.twins import DeadGroup, dead_groups, find_twins
 
 
 @dataclass
@@ -35,6 +39,9 @@ class ParameterGradients:
     unused: list[str] = field(default_factory=list)
     detached_access: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
+    dead_mechanism: list[str] = field(default_factory=list)  # unused, no twin, a whole submodule / large share
+    twins: dict[str, str] = field(default_factory=dict)  # unused template -> its used twin, in words
+    dead_groups: list[DeadGroup] = field(default_factory=list)
 
 
 def classify(m: Measurements) -> ParameterGradients:
@@ -61,6 +68,12 @@ def classify(m: Measurements) -> ParameterGradients:
             kind = "dead"
         out.status[n] = kind
         getattr(out, kind).append(n)
+    if out.unused:
+        out.twins = find_twins(m.ctx.base, out.unused, m.perturbed.called)
+        out.dead_groups = dead_groups(m.ctx.base, [n for n in out.unused if n not in out.twins])
+        out.dead_mechanism = [n for g in out.dead_groups for n in g.params]
+        out.unused = [n for n in out.unused if n not in out.dead_mechanism]
+        out.status.update({n: "dead_mechanism" for n in out.dead_mechanism})
     return out
 
 
@@ -107,19 +120,21 @@ def judge(m: Measurements) -> Outcome:
         if k.why:
             evidence["why"] = k.why
         if kind == "unused":
-            evidence.update(_reset_hint(m.ctx.base))
+            evidence["twins"] = {n: p.twins[n] for n in names[:24] if n in p.twins}
+            evidence.update(reset_hint(m.ctx.base))
         findings.append(Finding(k.finding, k.severity, f"{len(names)} {k.title}", evidence, names))
     n_ok = sum(1 for v in p.status.values() if v in ("ok", "zero_at_init"))
     status = "fail" if p.disconnected else ("warn" if p.detached_access else "pass")
     summary = (f"{n_ok}/{len(m.ctx.trainable)} trainable parameters get a gradient; {len(p.disconnected)} "
-               f"disconnected, {len(p.unused)} unused, {len(p.detached_access)} read only through detached "
+               f"disconnected, {len(p.unused)} unused, {len(p.dead_mechanism)} in a dead mechanism, "
+               f"{len(p.detached_access)} read only through detached "
                f"copies, {len(p.dead)} dead")
     return Outcome(status, summary, findings)
 
 
-def _reset_hint(model: nn.Module) -> dict[str, str]:
+def reset_hint(model: nn.Module) -> dict[str, str]:
     """For unused parameters: the model's own reset methods may be what puts them to use."""
-    resets = _reset_methods(model)
+    resets = entry_points(model, ("reset",))
     if not resets:
         return {}
     return {"hint": f"the model defines {', '.join(resets[:4])}: if training calls a reset before the forward "
@@ -133,17 +148,6 @@ def _access_evidence(m: Measurements, names: list[str]) -> dict[str, Any]:
                 "ops_in_forward": m.perturbed.accesses.get(n, {}),
                 "finite_difference": m.influence.get(n, (None, ""))[1]}
             for n in names[:24]}
-
-
-def _reset_methods(model: nn.Module) -> list[str]:
-    """`Class.reset_*` methods a model defines beyond torch's own (`reset_parameters`)."""
-    found = []
-    for mod in {type(m) for m in model.modules()}:
-        for attr in dir(mod):
-            own = "reset" in attr.lower() and attr != "reset_parameters" and not hasattr(nn.Module, attr)
-            if own and callable(getattr(mod, attr, None)):
-                found.append(f"{mod.__name__}.{attr}()")
-    return sorted(found)
 
 
 CHECK = Check("gradient_flow", "1 gradient flow (unused vs disconnected)", judge)

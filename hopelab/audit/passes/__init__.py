@@ -12,6 +12,7 @@ Few forwards in all (batch 2, seq_len 64 by default), in this order:
   E  position_sweep            copies of sample 0, copy j with position j changed,
                                in train (grad on) and eval (no_grad)                -> PositionSweep per mode
   F  parameter_influence       finite differences on parameters without gradient    -> {name: (changes, how)}
+  G  gradient_check            directional finite differences vs autograd (float64)  -> GradientCheck
 
 `measure` runs them (pass A in float64 first, float32 when the model fails in float64) and bundles the results
 into `Measurements`.
@@ -41,6 +42,7 @@ from hopelab.audit.passes.calls import (
     batch_coupling,
     repeat_identical_calls,
 )
+from hopelab.audit.passes.gradcheck import GradientCheck, gradient_check
 from hopelab.audit.passes.gradients import (
     BaseGradients,
     PerturbedPointTrace,
@@ -49,6 +51,7 @@ from hopelab.audit.passes.gradients import (
 )
 from hopelab.audit.passes.influence import parameter_influence
 from hopelab.audit.passes.sweep import PositionSweep, position_sweep
+from hopelab.audit.target import entry_points, forward_signature
 from hopelab.errors import UserError
 
 
@@ -63,6 +66,7 @@ class Measurements:
     coupling: BatchCoupling  # pass D
     sweeps: dict[str, PositionSweep]  # pass E, mode -> sweep
     influence: dict[str, tuple[bool, str]]  # pass F, parameter -> (moving it changes the output, how)
+    gradcheck: GradientCheck  # pass G
     timings: dict[str, float]  # pass -> seconds
     notes: list[str]  # how the dtype was chosen
 
@@ -115,7 +119,9 @@ def measure(model: nn.Module, options: AuditOptions, progress: Callable[[str], N
         no_grad = [n for n in ctx.trainable if base.grad[n] != "ok" and perturbed.grad_full.get(n) != "ok"]
         with phase("finite_differences", f"finite differences on {len(no_grad)} parameter(s) without gradient"):
             influence = parameter_influence(ctx, calls, no_grad)
-    return Measurements(ctx, base, perturbed, calls, coupling, sweeps, influence, timings, notes)
+        with phase("gradient_check", "gradient correctness: directional finite differences vs autograd"):
+            gradcheck = gradient_check(ctx)
+    return Measurements(ctx, base, perturbed, calls, coupling, sweeps, influence, gradcheck, timings, notes)
 
 
 def _first_pass(model: nn.Module, options: AuditOptions,
@@ -135,5 +141,7 @@ def _first_pass(model: nn.Module, options: AuditOptions,
                 if dt == torch.float64 and options.dtype == "auto":
                     notes.append(f"the model does not run in float64 ({failure}); audited in float32 with "
                                  f"tolerance {TOLERANCE[torch.float32]:g}")
-    raise UserError(f"calling the model failed: {failure} (pass --call module:fn if it needs more than "
-                    "model(x), --input/--vocab/--seq-len for other inputs)")
+    methods = entry_points(model)
+    setup = f"; its setup methods: {', '.join(methods[:8])} (call them in --call if training does)" if methods else ""
+    raise UserError(f"calling the model failed: {failure} (model.{forward_signature(model)}{setup}; pass "
+                    "--call module:fn if it needs more than model(x), --input/--vocab/--seq-len for other inputs)")

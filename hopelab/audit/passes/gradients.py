@@ -23,6 +23,7 @@ class BaseGradients:
     nonfinite: list[str]  # where NaN / inf showed up
     loss_kind: str  # which loss ran (for the report's settings)
     row_numel: int  # output elements per sequence (sizes the sweep's batches)
+    producer_outputs: dict[str, list[torch.Tensor]]  # η / α producer -> its outputs at the base point
 
 
 @dataclass
@@ -38,11 +39,14 @@ class PerturbedPointTrace:
     escapes: list[dict]  # η / α values turned into Python numbers
     memory: dict[str, str]  # memory / η / α parameter -> why it is one (hopelab.audit.names)
     nonfinite: list[str]
+    called: set[str]  # modules whose forward ran (also through torch.func.functional_call)
 
 
 def gradients_at_base(ctx: AuditContext) -> BaseGradients:
     """Pass A, base copy: forward + loss + backward. Any failure here is the model's (or the call's) problem."""
     m = ctx.copy(ctx.base)
+    records: dict[str, list[torch.Tensor]] = defaultdict(list)
+    handles = _record_outputs(m, N.producer_modules(m), records)
     try:
         out = ctx.forward(m, ctx.x, train=True, grad=True)
         loss = ctx.loss_of(out, ctx.x)
@@ -51,6 +55,9 @@ def gradients_at_base(ctx: AuditContext) -> BaseGradients:
         raise
     except Exception as err:
         raise ModelFailed(f"{type(err).__name__}: {err}") from err
+    finally:
+        for h in handles:
+            h.remove()
     nonfinite = []
     if not is_finite(out):
         nonfinite.append("output (base parameters)")
@@ -59,7 +66,23 @@ def gradients_at_base(ctx: AuditContext) -> BaseGradients:
     bad = [n for n, g in grads.items() if not is_finite(g)]
     if bad:
         nonfinite.append(f"gradients of {len(bad)} parameter(s) (base), e.g. {bad[0]}")
-    return BaseGradients({n: grad_state(g) for n, g in grads.items()}, nonfinite, ctx.loss_kind, out[0].numel())
+    return BaseGradients({n: grad_state(g) for n, g in grads.items()}, nonfinite, ctx.loss_kind, out[0].numel(),
+                         dict(records))
+
+
+def _record_outputs(m: nn.Module, names: list[str], records: dict[str, list[torch.Tensor]], tracer=None):
+    """Forward hooks keeping a copy of each named module's output (labelled for `tracer` when given)."""
+    modules = dict(m.named_modules())
+    handles = []
+    for name in names:
+        def hook(_mod, _inp, out, _name=name):
+            t = module_output(out)
+            if t is not None:
+                if tracer is not None:
+                    tracer.label(t, _name)
+                records[_name].append(t.detach().clone())
+        handles.append(modules[name].register_forward_hook(hook))
+    return handles
 
 
 def trace_perturbed_point(ctx: AuditContext,
@@ -67,7 +90,7 @@ def trace_perturbed_point(ctx: AuditContext,
     """Pass B, generic copy, traced. Also returns that copy and its output: pass C calls it a second time."""
     m = ctx.copy(ctx.generic)
     producer_names = N.producer_modules(m)
-    out, tracer, producer_outputs = _traced_forward(ctx, m, producer_names)
+    out, tracer, producer_outputs, called = _traced_forward(ctx, m, producer_names)
     memory = N.memory_parameters(m, ctx.options.memory_globs, producer_names)
     T = ctx.T
     late = torch.zeros(1, T, *([1] * (out.ndim - 2)), dtype=torch.bool, device=out.device)  # [1, T, 1...]
@@ -95,27 +118,24 @@ def trace_perturbed_point(ctx: AuditContext,
         grad_full=grad_full, grad_late={n: grad_state(g) for n, g in g_late.items()},
         accesses={n: dict(c) for n, c in tracer.accesses.items()}, producer_names=producer_names,
         producer_outputs=producer_outputs, collapsed=tracer.collapsed_in(out), escapes=tracer.escapes,
-        memory=memory, nonfinite=nonfinite)
+        memory=memory, nonfinite=nonfinite, called=called)
     return trace, m, out.detach()
 
 
 def _traced_forward(ctx: AuditContext, m: nn.Module, producer_names: list[str]):
-    """Forward `m` under a ForwardTracer, labelling and recording every η / α producer's output."""
+    """Forward `m` under a ForwardTracer, labelling and recording every η / α producer's output, and noting
+    which modules ran."""
     tracer = ForwardTracer({id(p): (n, p) for n, p in m.named_parameters()}, ctx.B)
     records: dict[str, list[torch.Tensor]] = defaultdict(list)
     modules = dict(m.named_modules())
-    handles = []
-    for name in producer_names:
-        def hook(_mod, _inp, out, _name=name):
-            t = module_output(out)
-            if t is not None:
-                tracer.label(t, _name)
-                records[_name].append(t.detach().clone())
-        handles.append(modules[name].register_forward_hook(hook))
+    called: set[str] = set()
+    handles = [mod.register_forward_pre_hook(lambda _mod, _inp, _name=name: called.add(_name))
+               for name, mod in modules.items() if name]
+    handles += _record_outputs(m, producer_names, records, tracer)
     try:
         with tracer:
             out = ctx.forward(m, ctx.x, train=True, grad=True)
     finally:
         for h in handles:
             h.remove()
-    return out, tracer, dict(records)
+    return out, tracer, dict(records), called
