@@ -118,8 +118,8 @@ def test_user_study_file_and_its_errors(tmp_path):
     no_study.write_text("X = 1\n")
     with pytest.raises(UserError, match="must define STUDY = Study"):
         load_study(str(no_study))
-    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, recall, "
-                                        "recall_quick, scaling"):
+    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, optimizer, "
+                                        "recall, recall_quick, scaling"):
         load_study("nope")
 
 
