@@ -240,8 +240,8 @@ def test_cli_dry_run_shows_state_and_shards(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, recall, recall_quick, "
-                               "scaling, surprise_sweep"),
+        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, optimizer, recall, "
+                               "recall_quick, scaling, surprise_sweep"),
         (["study", "ablation", "--scale", "huge", "--dry-run"], "unknown scale 'huge'; choose one of: tiny, small"),
         (["study", "show", "ablation", "--set", "dimm=3"], "unknown --set key 'dimm'; valid model keys:"),
         (["study", "ablation", "--set", "dim", "--dry-run"], "expected KEY=VALUE"),
