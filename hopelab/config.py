@@ -96,6 +96,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
+    optimizer: Literal["adamw", "m3"] = "adamw"  # m3: Algorithm 1 on matrices, AdamW on the rest (hopelab.optim)
     grad_clip: float = 1.0
     ckpt_every: int = 50
     val_batches: int = 8

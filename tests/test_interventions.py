@@ -125,6 +125,7 @@ def test_reset_every_r_forgets_everything_before_the_last_reset(variant, every):
     ("hope_no_cms", Intervention(frozen=("cms",))),
     ("hope_no_surprise", Intervention(gate="open")),
     ("titans", Intervention(frozen=("cms", "k", "q"), gate="closed")),
+    ("hope_attention", Intervention(frozen=MIXER, gate="closed")),
 ])
 def test_a_model_without_the_mechanism_is_unchanged_to_the_last_bit(variant, intervention_):
     model, x = make(variant).eval(), tokens()
@@ -141,6 +142,7 @@ def test_which_switches_apply():
     assert applicable_switches(make("titans")) == ["none", "memory_writes_off", "all_writes_off", "reset_every_4",
                                                    "reset_every_8", "reset_every_16"]
     assert applicable_switches(make("transformer")) == ["none"]
+    assert applicable_switches(make("hope_attention")) == ["none", "cms_writes_off"]
     assert "selfmod_writes_off" not in applicable_switches(make("hope_no_selfmod"))
     assert "gate_open" not in applicable_switches(make("hope_no_surprise"))
     assert "cms_writes_off" not in applicable_switches(make("hope_no_cms"))
@@ -161,6 +163,19 @@ def test_switch_is_put_back_and_a_build_time_switch_equals_a_set_one():
         built = make(execution=Execution(intervention=intervention("all_writes_off"))).eval()
         built.load_state_dict(model.state_dict())
         assert torch.equal(built(x), off)
+
+
+def test_cms_writes_off_reaches_hope_attentions_cms_only():
+    """hope_attention's CMS levels are its only memories: cms_writes_off changes its output, and gives the same
+    numbers as the CMS frozen with the (absent) SR-Titans memories."""
+    model, x = make("hope_attention").eval(), tokens()
+    with torch.no_grad():
+        base = model(x)
+        with switched(model, "cms_writes_off"):
+            off = model(x)
+        with with_intervention(model, Intervention(frozen=(*MIXER, "cms"))):
+            assert torch.equal(model(x), off)
+    assert not torch.allclose(off, base)
 
 
 @pytest.mark.parametrize("switch", ["memory_writes_off", "cms_writes_off", "reset_every_8"])

@@ -112,6 +112,16 @@ def test_streaming_equals_parallel(variant):
         model(x[:, 6:], state=bad)
 
 
+def test_hope_attention_refuses_a_carried_state():
+    """Attention keeps no KV cache: a carried state would silently drop the earlier context."""
+    model = make("hope_attention")
+    x = tokens()
+    _, state = model(x, return_state=True)
+    assert state.blocks[0].mixer is None and state.blocks[0].cms is not None  # the CMS levels' states
+    with pytest.raises(ValueError, match="no attention state"):
+        model(x, state=state)
+
+
 def test_state_does_not_carry_across_calls():
     model = make("hope")
     x = tokens()
@@ -278,6 +288,7 @@ INIT_CHECKSUMS = {
     "hope_no_cms": (866.0631561465034, 452.09475918453813),
     "hope_no_selfmod": (347.1669371355856, 302.8694721424928),
     "hope_no_surprise": (936.4397359645291, 527.0841655870989),
+    "hope_attention": (172.04630252469678, 124.20062315150763),
     "titans": (285.9350977594463, 238.076881877489),
     "transformer": (111.89321774412838, 49.48831694409462),
     "transformer_matched": (202.66493477262213, 75.04720824318503),

@@ -101,6 +101,7 @@ SITES = {  # variant -> (kind, level, components) of each block's sites
     "hope_no_cms": [("selfmod", None, SELFMOD)],
     "hope_no_selfmod": [("selfmod", None, ("memory",)), ("cms", 0, ()), ("cms", 1, ())],
     "hope_no_surprise": [("selfmod", None, SELFMOD), ("cms", 0, ()), ("cms", 1, ())],
+    "hope_attention": [("cms", 0, ()), ("cms", 1, ())],  # attention is no memory site
     "titans": [("titans", None, ("memory",))],
     "transformer": [],
     "transformer_matched": [],
@@ -265,6 +266,7 @@ EXPECTED = {  # which probes have rows for which variant (no mechanism: no rows,
     "hope_no_cms": {"selfmod", "surprise", "intervene"},
     "hope_no_selfmod": {"cms", "selfmod", "surprise", "intervene"},  # selfmod: the memory component only
     "hope_no_surprise": {"cms", "selfmod", "surprise", "intervene"},
+    "hope_attention": {"cms", "surprise", "intervene"},  # surprise: the LM cross-entropy rows only
     "titans": {"selfmod", "surprise", "intervene"},  # surprise: the LM cross-entropy rows only
     "transformer": {"surprise"},
     "transformer_matched": {"surprise"},

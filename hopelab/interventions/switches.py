@@ -6,7 +6,9 @@
 
 A switch is an `Intervention` (hopelab.layers.fast_memory): the layers read it where their mechanism is
 computed, so a switch is never a patched method. A switch that names a mechanism the model lacks does not
-apply to it (the Transformer has `none` only):
+apply to it (the Transformer has `none` only; hope_attention, whose attention reads the whole context whatever
+the memories do, has `none` and `cms_writes_off`: all_writes_off and reset_every_R promise a model with no
+context beyond its memories):
 
     none                 as trained
     selfmod_writes_off   all six SR-Titans memories (k, v, q, η, α, memory) keep their initial state
@@ -30,6 +32,7 @@ from hopelab.errors import UserError
 from hopelab.layers.fast_memory import Intervention, with_intervention
 from hopelab.layers.self_ref_titans import COMPONENTS
 from hopelab.models.sites import MemorySite
+from hopelab.models.transformer import CausalSelfAttention
 
 NONE = "none"
 RESET_PREFIX = "reset_every_"
@@ -79,6 +82,8 @@ def applies(model: nn.Module, name: str) -> bool:
         return bool(kinds & {"selfmod", "titans"})
     if name == "cms_writes_off":
         return "cms" in kinds
+    if any(isinstance(m, CausalSelfAttention) for m in model.modules()):
+        return False  # all_writes_off, reset_every_R: attention still reads every earlier token
     if iv.gate != "learned":
         return "selfmod" in kinds and model.config.surprise_mode != "off"
     if iv.reset_every is not None:

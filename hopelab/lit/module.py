@@ -20,6 +20,7 @@ from torch import nn
 from hopelab.config import ModelConfig, TrainConfig
 from hopelab.data.synthetic import IGNORE_INDEX
 from hopelab.models import DEFAULT_EXECUTION, Execution, build_model
+from hopelab.optim import M3
 
 
 class NonFiniteError(RuntimeError):
@@ -121,7 +122,12 @@ class LitLM(pl.LightningModule):
 
     def configure_optimizers(self):
         t = self.train_cfg
-        opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+        groups = param_groups(self.model, t.weight_decay)
+        if t.optimizer == "m3":  # Algorithm 1 on the decayed matrices (as Muon), AdamW on the rest
+            groups = [dict(groups[0], m3=True), dict(groups[1], m3=False)]
+            opt = M3(groups, lr=t.lr, adamw_betas=tuple(t.betas))
+        else:
+            opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -34,6 +34,7 @@ _HOPE_VARIANTS: dict[str, tuple[str, dict]] = {
 HOPE_VARIANTS: tuple[str, ...] = tuple(_HOPE_VARIANTS)  # the variants built on self-referential Titans
 VARIANTS: dict[str, str] = {
     **{name: desc for name, (desc, _) in _HOPE_VARIANTS.items()},
+    "hope_attention": "causal softmax attention in place of self-referential Titans, then the same CMS",
     "titans": "static projections, one MLP memory updated by GD with momentum and weight decay, no CMS",
     "transformer": "pre-norm causal Transformer, same width, depth and tokenizer",
     "transformer_matched": "Transformer whose width is solved so its parameter count matches hope within 5%",
@@ -68,12 +69,15 @@ def build_model(variant: str, config: str | ModelConfig, execution: Execution = 
     """A fresh model of `variant` at a scale name or ModelConfig (the variant's switches applied). `execution`
     says how its fast-memory layers run (implementation, compile, recompute); the Transformers have none."""
     from hopelab.models.hope import HopeLM
+    from hopelab.models.hope_attention import HopeAttentionLM
     from hopelab.models.titans import TitansLM
     from hopelab.models.transformer import TransformerLM
 
     cfg = variant_config(variant, config)
     if variant in _HOPE_VARIANTS:
         model = HopeLM(cfg, execution)
+    elif variant == "hope_attention":
+        model = HopeAttentionLM(cfg, execution)
     elif variant == "titans":
         model = TitansLM(cfg, execution)
     else:  # transformer, transformer_matched (its width already solved by variant_config)

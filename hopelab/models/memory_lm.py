@@ -1,6 +1,7 @@
-"""A pre-norm language model around an in-context memory mixer (self-referential Titans or Titans), each block
-followed by a CMS or a static MLP. HOPE (hopelab.models.hope) and the Titans baseline (hopelab.models.titans)
-are this model with their mixer.
+"""A pre-norm language model around a sequence mixer (an in-context memory: self-referential Titans or Titans;
+or causal attention), each block followed by a CMS or a static MLP. HOPE (hopelab.models.hope), the Titans
+baseline (hopelab.models.titans) and Hope-Attention (hopelab.models.hope_attention) are this model with their
+mixer.
 
 Memory state never carries across calls unless the caller passes it (`state=`); streaming segment by
 segment with carried state equals one parallel pass when every segment but the last is a multiple of
@@ -34,7 +35,7 @@ from hopelab.models.transformer import MLP
 
 @dataclass
 class MemoryBlockState:
-    mixer: Any  # the mixer's own typed state (SelfRefTitansState, TitansState)
+    mixer: Any  # the mixer's own typed state (SelfRefTitansState, TitansState); None for attention
     cms: tuple[CMSLevelState, ...] | None  # one per CMS level; None where a static MLP replaces the CMS
 
 
@@ -45,9 +46,10 @@ class MemoryLMState:
 
 
 class MemoryBlock(nn.Module):
-    """Pre-norm block: an in-context memory mixer, then a CMS (or a static MLP)."""
+    """Pre-norm block: a sequence mixer, then a CMS (or a static MLP). The mixer is any module with
+    `forward(x, state) -> (y, new_state)` and `reset_parameters()`: a FastMemory or an attention layer."""
 
-    def __init__(self, cfg: ModelConfig, mixer: FastMemory, use_cms: bool, execution: Execution) -> None:
+    def __init__(self, cfg: ModelConfig, mixer: nn.Module, use_cms: bool, execution: Execution) -> None:
         super().__init__()
         self.n_layers = cfg.n_layers
         self.ln1 = nn.LayerNorm(cfg.dim)
@@ -82,7 +84,7 @@ class MemoryLM(nn.Module):
     """Token embeddings (no positional embedding: order comes from the conv and the recurrence), blocks,
     final norm, tied output layer."""
 
-    def __init__(self, cfg: ModelConfig, make_mixer: Callable[[ModelConfig, Execution], FastMemory], use_cms: bool,
+    def __init__(self, cfg: ModelConfig, make_mixer: Callable[[ModelConfig, Execution], nn.Module], use_cms: bool,
                  execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__()
         self.config = cfg
