@@ -18,11 +18,13 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hopelab.errors import UserError
+
+T = TypeVar("T")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -55,6 +57,22 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 def slug(name: str) -> str:
     """A file-name-safe short label (for humans; the key makes the name unique)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:40] or "corpus"
+
+
+def load_or_build(lock: Path, load: Callable[[], T | None], build: Callable[[], None]) -> T:
+    """`load()` if the cache is there; else `build()` it under the lock `lock` (a process that waited for
+    another one's build loads that instead) and load it. Parallel runs build a cache once."""
+    found = load()
+    if found is not None:
+        return found
+    with locked(lock):
+        found = load()
+        if found is None:
+            build()
+            found = load()
+    if found is None:
+        raise RuntimeError(f"the cache behind {lock} was just built but does not load")
+    return found
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import numpy as np
 import tokenizers
 
 import hopelab
-from hopelab.data.cache import cache_root, digest, locked
+from hopelab.data.cache import cache_root, digest, load_or_build
 from hopelab.data.corpus import Corpus, resolve_corpus
 from hopelab.data.progress import progress_bar
 from hopelab.data.synthetic import SyntheticData, is_synthetic, synthetic_data
@@ -95,26 +95,17 @@ def prepare(
     key = digest({"format": FORMAT_VERSION, "corpus": source.fingerprint, "tokenizer": tokenizer,
                   "vocab_size": vocab_size, "val_every": VAL_EVERY})
     path = root / "data" / f"{source.name}-{tokenizer}-{vocab_size}-{key[:16]}"
-    data = _load(path, key)
-    if data is not None:
-        return data
-    with locked(path.with_suffix(".lock")):
-        data = _load(path, key)  # another process may have built it while we waited
-        if data is not None:
-            return data
+
+    def build() -> None:
         with progress_bar(progress) as bar:
-            if tokenizer == "gpt2":
-                tok = gpt2_tokenizer()
-            else:
-                tok = trained_bpe(source, vocab_size, root, bar)
+            tok = gpt2_tokenizer() if tokenizer == "gpt2" else trained_bpe(source, vocab_size, root, bar)
             try:
                 _build(path, key, source, tok, vocab_size, bar)
             except BaseException:
                 shutil.rmtree(path, ignore_errors=True)  # only our incomplete files are in there
                 raise
-    data = _load(path, key)
-    assert data is not None, f"cache {path} was just written but does not load"
-    return data
+
+    return load_or_build(path.with_suffix(".lock"), lambda: _load(path, key), build)
 
 
 def _load(path: Path, key: str) -> PreparedData | None:

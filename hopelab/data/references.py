@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hopelab.data.cache import locked
+from hopelab.data.cache import load_or_build
 from hopelab.data.synthetic import SyntheticData
 from hopelab.records import write_json_atomic
 
@@ -79,17 +79,13 @@ def references(data) -> References | None:
         return None
     path = data.path / FILE
     key = data.meta.get("key")
-    cached = _read(path, key)
-    if cached is not None:
-        return cached
-    with locked(path.with_suffix(".lock")):
-        cached = _read(path, key)  # another process may have written it while we waited
-        if cached is not None:
-            return cached
+
+    def build() -> None:
         unigram, bigram = cross_entropies(data.train, data.val, data.vocab_size)
         refs = References(round(unigram, 6), round(bigram, 6), int(len(data.val)))
         write_json_atomic({"format": FORMAT, "key": key, **refs.to_dict()}, path)
-    return refs
+
+    return load_or_build(path.with_suffix(".lock"), lambda: _read(path, key), build)
 
 
 def _read(path, key) -> References | None:
