@@ -38,6 +38,9 @@ class ModelConfig:
     # error-side factors as data (what exactly: hopelab.ops.memory, "First order"; the same in every layer)
     chunk_grad: Literal["mean", "sum"] = "mean"  # C gradients taken at one chunk-start state: averaged
     # (TTT's mini-batch GD, stable for any C) or summed (Eq 90 literally; diverges for large C·η)
+    inner_error_clip: float | None = 3.0  # Huber inner loss (hopelab.ops.memory.huber_error): each token's
+    # inner error e_t is capped at this norm before it is written; None: the L2 loss as printed. 3 caps ~0.1%
+    # of a trained tiny model's errors (k, v are unit vectors) and stops the runaway of README "Stability"
     eta_max: float = 1.0  # η_t ∈ (0, eta_max)
     eta_init: float = 0.5  # initial typical η_t (sets the readout bias); with chunk_grad="mean", per chunk
     alpha_init: float = 0.999  # initial typical α_t (sets the readout bias). Decay pulls every memory toward
@@ -79,6 +82,8 @@ class ModelConfig:
             raise UserError(f"cms_objective must be reconstruct or kv, got {self.cms_objective!r}")
         if any(p < 1 for p in self.cms_periods):
             raise UserError(f"cms_periods must be >= 1, got {self.cms_periods}")
+        if self.inner_error_clip is not None and not self.inner_error_clip > 0:
+            raise UserError(f"inner_error_clip must be > 0 (or None: no clip), got {self.inner_error_clip}")
         if not 0 < self.alpha_init <= 1 or not 0 < self.eta_init < self.eta_max:
             raise UserError("need 0 < alpha_init <= 1 and 0 < eta_init < eta_max")
 
@@ -185,9 +190,11 @@ def coerce_value(section: str, key: str, value: Any) -> Any:
     """
     default = getattr(_defaults(section), key)
     where = f"{section} override {key}={value!r}"
+    cls = ModelConfig if section == "model" else TrainConfig
+    optional = "None" in str(next(f.type for f in fields(cls) if f.name == key))  # e.g. `float | None`
+    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+        return None
     if default is None:  # an optional int (e.g. mlp_hidden): "none" or an integer
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
         default = 0
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from hopelab.config import ModelConfig
 from hopelab.layers.cms import CMSLevel
+from hopelab.layers.fast_memory import trace_fast_states
 from hopelab.layers.hooks import record_hooks
 from hopelab.layers.self_ref_titans import SelfReferentialTitans
 from hopelab.layers.titans import TitansMemory
@@ -52,6 +53,18 @@ def outer(a, b):
 
 def matvec(W, z):
     return (W @ z.unsqueeze(-1)).squeeze(-1)
+
+
+CLIPPED = []  # the share of errors each transcription clipped, so a test can check its clip was exercised
+
+
+def huber(e, c):
+    """∂/∂e of the Huber loss on ‖e‖: e where ‖e‖ ≤ c, else c e/‖e‖ (written apart from hopelab.ops.memory)."""
+    if c is None:
+        return e
+    norm = e.norm(dim=-1, keepdim=True)
+    CLIPPED.append((norm > c).double().mean().item())
+    return torch.where(norm > c, c * e / norm, e)
 
 
 def grads_of(out, params, seed=0):
@@ -107,6 +120,7 @@ def transcribe_self_ref_titans(layer, x, first_order=False):
         surprise = 0.5 * (errors["memory"] ** 2).sum(-1).mean(1)  # [B]
         gate = (surprise > cfg.surprise_threshold).to(x.dtype)[:, None]  # [B, 1]
         gates.append(gate)
+        errors = {n: huber(e, cfg.inner_error_clip) for n, e in errors.items()}  # the written errors
         eta = (eta * gate / C)[..., None, None]  # [B, H, 1, 1]
         alpha = (alpha ** gate)[..., None, None]  # a closed gate neither writes nor decays
         precondition = alpha * eye - eta * outer(k, k)  # α I − η k kᵀ
@@ -133,24 +147,34 @@ def transcribe_self_ref_titans(layer, x, first_order=False):
 MIXED_THRESHOLD = {"linear": 0.45, "mlp": 0.3}
 
 
-def self_ref_layer(memory, inner_grad, impl="chunked"):
-    cfg = dataclasses.replace(CFG, memory=memory, inner_grad=inner_grad, surprise_threshold=MIXED_THRESHOLD[memory])
+# a Huber clip that caps part of the inner errors (about a third at these seeds; checked below)
+MIXED_CLIP = {"linear": 1.2, "mlp": 0.8, "titans": 1.5}
+
+
+def self_ref_layer(memory, inner_grad, impl="chunked", clip=False):
+    cfg = dataclasses.replace(CFG, memory=memory, inner_grad=inner_grad, surprise_threshold=MIXED_THRESHOLD[memory],
+                              inner_error_clip=MIXED_CLIP[memory] if clip else None)
     torch.manual_seed(0)
     return SelfReferentialTitans(cfg, Execution(impl=impl)).to(DT)
 
 
+@pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("impl", ["chunked", "reference"])
 @pytest.mark.parametrize("inner_grad", ["full", "first_order"])
 @pytest.mark.parametrize("memory", ["linear", "mlp"])
-def test_self_ref_titans_equals_token_by_token_transcription(memory, inner_grad, impl):
+def test_self_ref_titans_equals_token_by_token_transcription(memory, inner_grad, impl, clip):
     """The layer's chunks (C = 4 tokens with reads) equal Eq 83/88-93 written token by token: the DGD
     preconditioner, self-generated values and the surprise gate on η and α, in both implementations; and the
-    first-order gradient equals the one with e, δ (the W1 that multiplies e included) and σ(W2 k) detached."""
-    layer = self_ref_layer(memory, inner_grad, impl)
+    first-order gradient equals the one with e, δ (the W1 that multiplies e included) and σ(W2 k) detached;
+    with the Huber clip, the capped errors are what is written while the surprise stays the L2 loss."""
+    layer = self_ref_layer(memory, inner_grad, impl, clip)
     x = torch.randn(2, 16, CFG.dim, dtype=DT, generator=torch.Generator().manual_seed(3), requires_grad=True)
     out, _ = layer(x)
+    CLIPPED.clear()
     ref, gates = transcribe_self_ref_titans(layer, x, first_order=inner_grad == "first_order")
     assert 0.2 < gates.mean() < 0.8, gates.mean()  # the gate is open on some tokens and closed on others
+    if clip:  # the clip caps some errors and leaves others
+        assert 0.1 < sum(CLIPPED) / len(CLIPPED) < 0.9, CLIPPED
     assert torch.allclose(out, ref, atol=1e-12, rtol=0), (out - ref).abs().max()
     names, params = zip(*layer.named_parameters())
     assert_same_grads(("x", *names), grads_of(out, (x, *params)), grads_of(ref, (x, *params)))
@@ -282,7 +306,7 @@ def transcribe_titans(layer, x, first_order=False):
         kt = k[:, t]
         pre = matvec(W2_0, kt)
         u = F.gelu(pre)
-        e = (kt + matvec(W1_0, u) - v[:, t]) / C
+        e = huber(kt + matvec(W1_0, u) - v[:, t], cfg.inner_error_clip) / C
         delta = gelu_grad(pre) * matvec(W1_0.transpose(-1, -2), e)
         if first_order:
             e, u, delta = e.detach(), u.detach(), delta.detach()
@@ -296,13 +320,18 @@ def transcribe_titans(layer, x, first_order=False):
     return layer.W_o(layer.out_norm(o))
 
 
+@pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("inner_grad", ["full", "first_order"])
-def test_titans_equals_token_by_token_transcription(inner_grad):
+def test_titans_equals_token_by_token_transcription(inner_grad, clip):
     torch.manual_seed(0)
-    layer = TitansMemory(dataclasses.replace(CFG, inner_grad=inner_grad)).to(DT)
+    cfg = dataclasses.replace(CFG, inner_grad=inner_grad, inner_error_clip=MIXED_CLIP["titans"] if clip else None)
+    layer = TitansMemory(cfg).to(DT)
     x = torch.randn(2, 16, CFG.dim, dtype=DT, generator=torch.Generator().manual_seed(3), requires_grad=True)
     out, _ = layer(x)
+    CLIPPED.clear()
     ref = transcribe_titans(layer, x, first_order=inner_grad == "first_order")
+    if clip:
+        assert 0.1 < sum(CLIPPED) / len(CLIPPED) < 0.9, CLIPPED
     assert torch.allclose(out, ref, atol=1e-12, rtol=0)
     names, params = zip(*layer.named_parameters())
     assert_same_grads(("x", *names), grads_of(out, (x, *params)), grads_of(ref, (x, *params)))
@@ -375,3 +404,28 @@ def test_cms_fast_weights_change_in_eval_and_no_grad_at_period_positions(mode, o
             moved = tuple(bool((a - b).abs().max() > 1e-10) for a, b in ((before.up, after.up),
                                                                          (before.down, after.down)))
             assert moved == ((t % period == 0),) * 2, (i, t, moved)
+
+
+def test_huber_clip_stops_the_runaway_of_chunk_start_gradients():
+    """With the L2 inner loss as printed, C gradients taken at one chunk-start state can run away on a
+    repetitive stream: a large error makes a large write, which makes a larger error in the next chunk (found
+    in training at lr 3e-3: NaN at step 279 inside a run of repeated tokens). Here meta-states scaled ×3 and a
+    3-token loop make M_memory's W1 grow by more than 10⁶ under L2 and by less than 10% under the Huber clip."""
+
+    def growth(clip):
+        cfg = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, context_len=128, chunk_size=16,
+                          inner_error_clip=clip, surprise_mode="off")
+        torch.manual_seed(2)
+        model = build_model("hope", cfg).to(DT)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "init_W" in name:
+                    p.mul_(3.0)
+        x = torch.tensor([[5, 9, 2] * 42 + [1, 1]])  # [1, 128]
+        with torch.no_grad(), trace_fast_states(model) as trace:
+            model(x)
+        norms = [r.states["W1"].norm().item() for r in trace.records if r.key.endswith("mixer.memory")]
+        return max(norms) / norms[0]
+
+    assert growth(None) > 1e6
+    assert growth(3.0) < 1.1

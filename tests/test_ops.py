@@ -16,7 +16,7 @@ from hopelab.ops.dgd import (
     dgd_mlp_memory_chunk_reference,
     dgd_read,
 )
-from hopelab.ops.memory import mlp_memory_apply, mlp_memory_inner_grad, mlp_memory_inner_grad_autograd
+from hopelab.ops.memory import huber_error, mlp_memory_apply, mlp_memory_inner_grad, mlp_memory_inner_grad_autograd
 from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
 from hopelab.ops.surprise import surprise_gate
 
@@ -224,3 +224,24 @@ def test_fused_activation_grad_matches_closed_form_twice_differentiable():
     g1 = torch.autograd.grad(act_grad_times(up, x).sum(), (x, up))
     g2 = torch.autograd.grad((act_grad(x) * up).sum(), (x, up))
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g2))
+
+
+def test_huber_error_is_the_gradient_of_the_huber_loss_on_the_error_norm():
+    """huber_error(e, c) = ∂/∂e of ½‖e‖² (‖e‖ ≤ c) or c‖e‖ − ½c² (beyond), by autograd; None is the L2 loss;
+    exactly e below the cap; finite gradients at e = 0 (twice differentiable where the outer loss needs it)."""
+    g = torch.Generator().manual_seed(0)
+    e = (torch.randn(64, 8, generator=g, dtype=torch.float64) * torch.rand(64, 1, generator=g, dtype=torch.float64) * 4)
+    e = torch.cat([e, torch.zeros(1, 8, dtype=torch.float64)]).requires_grad_(True)
+    c = 2.0
+    norm = e.norm(dim=-1).clamp_min(1e-300)
+    loss = torch.where(norm <= c, 0.5 * norm**2, c * norm - 0.5 * c * c).sum()
+    (want,) = torch.autograd.grad(loss, e, create_graph=True)
+    got = huber_error(e, c)
+    small = e.detach().norm(dim=-1) <= c
+    assert 0 < small.sum() < len(small)  # both branches are exercised
+    assert torch.allclose(got, want, atol=1e-12)
+    assert torch.equal(got[small], e[small])  # bit for bit below the cap: a run that never reaches it is unchanged
+    assert torch.allclose(got.norm(dim=-1).max(), torch.tensor(c, dtype=torch.float64))
+    assert huber_error(e, None) is e
+    (grad,) = torch.autograd.grad(got.square().sum(), e)
+    assert torch.isfinite(grad).all()

@@ -27,6 +27,9 @@ Choices written down:
   TTT's mini-batch GD: every token's write (gradient and preconditioner alike) uses η_t/C. "sum" is Eq 90
   literally: C coherent gradient steps taken at one state, which diverges once C·η_t grows (at C = 16,
   T = 512, untrained: NaN for η ≥ 0.5).
+- Huber inner loss (`inner_error_clip`, default 3): each written error e_t is capped at that norm
+  (hopelab.ops.memory.huber_error); the surprise is still the L2 loss. Without it, chunk-start gradients can run
+  away on a repetitive stream (README, "Stability"); below the cap the update is Eq 88 exactly.
 - inner_grad="full" differentiates through the inner gradients (second-order terms). Since the inner
   gradients are closed-form rather than autograd calls, that costs little more than first order.
   "first_order" treats the inner-loss error signals (e, all of δ, σ(W2 k)) as constants, as first-order MAML
@@ -68,7 +71,7 @@ from hopelab.ops.dgd import (
     dgd_mlp_memory_chunk,
     dgd_mlp_memory_chunk_reference,
 )
-from hopelab.ops.memory import act, linear_memory_apply, mlp_memory_inner_grad
+from hopelab.ops.memory import act, huber_error, linear_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.surprise import surprise_from_error, surprise_gate
 
 # the memories read x (k, v, η, α) come first, so one contiguous block of the stacked state serves them
@@ -300,6 +303,7 @@ class SelfReferentialTitans(FastMemory):
         intervention = self.execution.intervention
         if intervention.gate != "learned":  # forced open (every token writes) or closed (none does)
             gate = torch.full_like(gate, 1.0 if intervention.gate == "open" else 0.0)
+        error = huber_error(error, cfg.inner_error_clip)  # the written error; the surprise stays the L2 loss
         eta_w = eta * gate[:, None, :]  # [B, H, n]   gated η
         log_alpha_w = log_alpha * gate[:, None, :]  # [B, H, n]   a closed gate: no write, no decay
         if cfg.chunk_grad == "mean":  # one DGD step of size η on the chunk's mean loss: η_t/C per token

@@ -32,7 +32,7 @@ from hopelab.layers.fast_memory import (
     residual_std,
 )
 from hopelab.layers.hooks import HookPoint
-from hopelab.ops.memory import act, mlp_memory_apply, mlp_memory_inner_grad
+from hopelab.ops.memory import act, huber_error, mlp_memory_apply, mlp_memory_inner_grad
 from hopelab.ops.momentum import momentum_chunk, momentum_chunk_reference
 
 
@@ -153,7 +153,7 @@ class TitansMemory(FastMemory):
             return mlp_memory_apply(W1, W2, q)[0], carry
         chunk_op = momentum_chunk_reference if self.execution.impl == "reference" else momentum_chunk
         mk, pre_k, hidden_k = mlp_memory_apply(W1, W2, k)  # chunk-start state (Eq 90)
-        error = mk - v  # [B, H, n, d]
+        error = huber_error(mk - v, cfg.inner_error_clip)  # [B, H, n, d]
         if cfg.chunk_grad == "mean":  # as in HOPE: average the chunk's gradients taken at one state
             error = error / C
         delta = mlp_memory_inner_grad(W1, pre_k, error)  # [B, H, n, h]

@@ -91,6 +91,22 @@ def mlp_memory_inner_grad(W1: torch.Tensor, pre_k: torch.Tensor, error: torch.Te
     return act_grad_times(error @ W1, pre_k)  # [..., C, h]
 
 
+def huber_error(error: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """The inner error with the Huber inner loss: ∂L_t/∂M(k_t) = e_t min(1, c/‖e_t‖), i.e.
+        L_t = ½‖e_t‖²            for ‖e_t‖ ≤ c
+        L_t = c‖e_t‖ − ½c²       beyond (the gradient keeps its direction, its norm is capped at c)
+    MIRAS's Yaad uses this attentional bias for robustness to outliers. Here it is a guard: with the L2 loss as
+    printed, C gradients taken at one chunk-start state can feed a runaway, where a large error makes a large
+    write that makes a larger error in the next chunk (README, "Stability"). max_norm None: the L2 loss.
+    error [..., d] -> [..., d], exactly `error` where ‖e_t‖ ≤ c."""
+    if max_norm is None:
+        return error
+    square = (error * error).sum(-1, keepdim=True)  # [..., 1]
+    limit = max_norm * max_norm
+    # clamp_min keeps rsqrt finite (and its gradient defined) in the branch that torch.where drops
+    return torch.where(square > limit, error * (max_norm * torch.rsqrt(square.clamp_min(limit))), error)
+
+
 def linear_memory_apply(W: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """M(z) = W z.  W [..., d, d], z [..., C, d] -> [..., C, d]"""
     return z @ W.transpose(-1, -2)
