@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from analysis.artifacts import FigureOut, Skipped
+from analysis.interventions import SWITCH_NAMES
 from analysis.load import StudyResults
 from analysis.recall import SOLVED, accuracy_by_distance, recall_cells, recall_runs, variant_order
+from analysis.recall_switches import switch_effects
 from analysis.select import seed_band
 from analysis.stats import CONFIDENCE
 from analysis.style import DPI, display_name, new_figure, panel_label, paper_style, save_figure, spread, variant_color
@@ -43,9 +45,11 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     pairs_b = int(spreads.idxmax())
     by_dist = accuracy_by_distance(study, scale, runs)
     by_dist = by_dist[(by_dist["length"] == length) & (by_dist["dim"] == dim) & (by_dist["pairs"] == pairs_b)]
+    effects = switch_effects(study, scale, runs)
+    effects = effects[(effects["length"] == length) & (effects["dim"] == dim) & (effects["pairs"] == pairs_b)]
 
     with paper_style():
-        fig, axes = new_figure(len(groups) + 1, panel_w=4.4, panel_h=3.5)
+        fig, axes = new_figure(len(groups) + 1 + (not effects.empty), panel_w=4.4, panel_h=3.5)
         axes = axes.ravel()
         for i, (g_len, g_dim) in enumerate(groups):
             ax = axes[i]
@@ -80,6 +84,8 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
         ax.set_ylim(-3, 103)
         panel_label(ax, chr(ord("a") + len(groups)), f"by distance, {pairs_b} pairs (len {length}, dim {dim})",
                     "distance back to the key (tokens, bucket [d, 2d))", "accuracy (%)")
+        if not effects.empty:
+            _switch_panel(axes[len(groups) + 1], chr(ord("a") + len(groups) + 1), effects, pairs_b, length, dim)
         fig.suptitle(f"Figure {NUMBER}: {TITLE} (MQAR) — {scale} scale")
         stem = f"fig{NUMBER}_recall_{scale}"
         paths = save_figure(fig, out_dir, stem, dpi)
@@ -97,4 +103,35 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
         f"seeds. Seeds per cell: {', '.join(map(str, n_seeds))}; the probe batch holds batch-size sequences, each "
         "with one answer per query."
     )
+    if not effects.empty:
+        caption += (
+            f" ({chr(ord('a') + len(groups) + 1)}) at {pairs_b} pairs, accuracy as trained (grey) and with each "
+            "in-context write switch on at evaluation (hopelab.interventions), seeds' answers pooled; error bars: "
+            f"the {CONFIDENCE:.0%} Newcombe interval of Δ placed on the switched accuracy. A drop under all writes off "
+            "means the recall comes from in-context memory."
+        )
     return FigureOut(NUMBER, stem, f"{TITLE} ({scale})", caption, paths, scale)
+
+
+def _switch_panel(ax, letter: str, effects, pairs: int, length: int, dim: int) -> None:
+    """Grouped bars per variant: accuracy as trained, then with each switch (Δ interval as error bar)."""
+    variants = variant_order(effects["variant"])
+    switches = [s for s in SWITCH_NAMES if s in set(effects["switch"])]
+    width = 0.8 / (len(switches) + 1)
+    shades = ["#4c72b0", "#dd8452", "#c44e52", "#8172b2", "#937860", "#da8bc3"]
+    for i, variant in enumerate(variants):
+        e = effects[effects["variant"] == variant].set_index("switch")
+        ax.bar(i, 100 * e["trained"].iloc[0], width, color="#bbbbbb", label="as trained" if i == 0 else None)
+        for j, switch in enumerate(switches):
+            if switch not in e.index:
+                continue
+            r = e.loc[switch]
+            err = [[100 * (r["delta"] - r["lo"])], [100 * (r["hi"] - r["delta"])]]
+            ax.bar(i + (j + 1) * width, 100 * r["switched"], width, yerr=err, capsize=2, color=shades[j % 6],
+                   label=SWITCH_NAMES[switch] if i == 0 else None)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(variants))], [display_name(v) for v in variants],
+                  rotation=20, fontsize=7.5)
+    ax.axhline(100 / pairs, color="#999999", ls=":", lw=1)
+    ax.set_ylim(0, 103)
+    ax.legend(fontsize=7)
+    panel_label(ax, letter, f"write switches, {pairs} pairs", None, "accuracy (%)")

@@ -407,18 +407,21 @@ def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
 def finding_thresholds(findings: list[Claim]) -> list[str]:
     """The thresholds behind the wording of these findings (a recall study's are about accuracy)."""
     from analysis.recall import THRESHOLDS as RECALL_THRESHOLDS
+    from analysis.recall_switches import THRESHOLD as SWITCH_THRESHOLD
 
-    return RECALL_THRESHOLDS if any(f.topic.startswith("recall") for f in findings) else THRESHOLDS
+    return [*RECALL_THRESHOLDS, SWITCH_THRESHOLD] if any(f.topic.startswith("recall") for f in findings) else (
+        THRESHOLDS)
 
 
 def compute_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
     """A recall study (runs on synthetic MQAR) is judged by recall accuracy, any other by the final loss."""
-    from analysis.recall import recall_findings  # it builds Claims: imported here, not at the top
+    from analysis.recall import recall_findings  # they build Claims: imported here, not at the top
+    from analysis.recall_switches import switch_findings
 
     scales = scales or study.scales
     recall = recall_findings(study, scales)
     if recall:
-        out = [*recall, _failures(study, scales), _gradflow(study, scales)]
+        out = [*recall, *switch_findings(study, scales), _failures(study, scales), _gradflow(study, scales)]
         return [f for f in out if f is not None]
     ab = ablation_summary(study, scales)
     spreads = _spreads(study, scales)

@@ -23,9 +23,10 @@ ACC = {
     "transformer": (0.80, 0.50, 0.20, 0.05),
 }
 OFFSET = (-0.02, 0.0, 0.02)
+ANSWERS = 64  # answer positions per run's probe batch
 
 
-def _write_run(root: Path, variant: str, pairs: int, seed: int) -> None:
+def _write_run(root: Path, variant: str, pairs: int, seed: int, switches: bool = True) -> None:
     data = f"synthetic:mqar?pairs={pairs}&len=64"
     spec = RunSpec(variant, "tiny", seed=seed, study="rec", steps=100, out=str(root.parent), tag=f"p{pairs}",
                    data=data)
@@ -39,9 +40,15 @@ def _write_run(root: Path, variant: str, pairs: int, seed: int) -> None:
     rows = []
     for step, value in ((0, 0.0), (100, acc)):
         rows.append({**ident, "step": step, "metric": "accuracy", "value": value})
+        rows.append({**ident, "step": step, "metric": "answers", "value": float(ANSWERS)})
         # near keys are recalled better: 2 tokens away at acc + 0.05, 64 away at acc − 0.05
         rows.append({**ident, "step": step, "metric": "accuracy", "position": 2, "value": min(1, value + 0.05)})
         rows.append({**ident, "step": step, "metric": "accuracy", "position": 64, "value": max(0, value - 0.05)})
+    # the write switches: all writes off leaves 5%, CMS writes off changes nothing
+    if switches and variant.startswith("hope"):
+        for switch, value in (("all_writes_off", 0.05), ("cms_writes_off", acc)):
+            rows.append({**ident, "step": 100, "component": switch, "metric": "accuracy", "value": value})
+            rows.append({**ident, "step": 100, "component": switch, "metric": "answers", "value": float(ANSWERS)})
     write_parquet_atomic(rows_to_table(rows, PROBE_SCHEMA), spec.run_dir / "probes" / "recall-step000100.parquet")
     write_json_atomic({"run_id": spec.run_id, "status": "done", "final_val_loss": 1.0, "last_step": 100,
                        "wall_time_s": 10.0}, spec.run_dir / "manifest.json")
@@ -108,3 +115,37 @@ def test_the_recall_figures_read_the_rows_as_trained_and_a_switch_reads_its_own(
     study = SimpleNamespace(probes=probes)
     assert recall_probe_rows(study, "tiny")["value"].tolist() == [0.9, 0.8]
     assert recall_probe_rows(study, "tiny", "all_writes_off")["value"].tolist() == [0.1]
+
+
+def test_switch_effects_pool_the_answers_and_give_newcombe_intervals(study_root):
+    from analysis.recall_switches import newcombe, switch_effects, switch_findings
+
+    # Newcombe's method 10, 0.8 − 0.6 over 100 trials each, by hand: Wilson (0.7112, 0.8666) and (0.5020, 0.6906),
+    # lo = 0.2 − √(0.0888² + 0.0906²) = 0.0731, hi = 0.2 + √(0.0666² + 0.0980²) = 0.3185
+    lo, hi = newcombe(0.8, 0.6, 100)
+    assert (lo, hi) == pytest.approx((0.0731, 0.3185), abs=2e-4)
+    study = load_results(study_root)
+    e = switch_effects(study, "tiny").set_index(["variant", "pairs", "switch"])
+    assert "transformer" not in set(e.index.get_level_values(0))  # no switch rows, no effects
+    r = e.loc[("hope", 4, "all_writes_off")]
+    assert r["answers"] == 3 * ANSWERS  # three seeds' answers pooled
+    assert r["trained"] == pytest.approx(0.97, abs=0.005) and r["switched"] == pytest.approx(0.05)
+    assert r["hi"] < 0 and r["lo"] < r["delta"] < r["hi"]
+    same = e.loc[("hope", 4, "cms_writes_off")]
+    assert same["delta"] == pytest.approx(0, abs=1e-12) and same["lo"] < 0 < same["hi"]
+    claims = {c.topic: c.text for c in switch_findings(study, ["tiny"])}
+    assert "its recall needs its in-context writes" in claims["recall switches: hope"]
+    assert "recall switches: transformer" not in claims
+
+
+def test_the_recall_figure_has_a_switch_panel_only_with_switch_rows(study_root, tmp_path):
+    from analysis.fig7_recall import render_scale
+
+    out = render_scale(load_results(study_root), "tiny", tmp_path)
+    assert "Newcombe" in out.caption  # the switch panel is drawn and explained
+    bare = tmp_path / "bare" / "rec"  # hope alone, without switch rows
+    for pairs in PAIRS:
+        for seed in range(2):
+            _write_run(bare, "hope", pairs, seed, switches=False)
+    write_json_atomic({"study": "rec", "command": "hopelab study rec"}, bare / "study.json")
+    assert "Newcombe" not in render_scale(load_results(bare), "tiny", tmp_path / "fig").caption
