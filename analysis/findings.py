@@ -24,6 +24,8 @@ from analysis.summary import (
     reference_run_name,
     references_at,
 )
+from analysis.within_run import fmt_within, within_run_delta, within_run_effect
+from hopelab.interventions import Interval
 
 # Thresholds that turn numbers into words (listed in the report).
 DELTA_EPS = 0.01  # nats: with one seed (no interval), |Δ| at or below this is "no difference"
@@ -42,7 +44,9 @@ THRESHOLDS = [
     "report says its comparison measures early training, not the architectures",
     f"an effect of removing/replacing a mechanism counts when the {CONFIDENCE:.0%} interval of Δ excludes 0 and "
     "|Δ| exceeds the seed-to-seed spread (the pooled standard deviation of a cell's final loss over seeds); "
-    f"with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested",
+    f"with a single seed: when |Δ| > {DELTA_EPS} nats, marked as untested, unless both runs have per-sequence "
+    "losses on the fixed probe set: then it counts when the 95% bootstrap interval of the per-sequence Δ excludes 0 "
+    "(a within-run interval: it does not include seed-to-seed variation, and the finding says so)",
     f"the minimum detectable effect: the |Δ| a paired t-test over the study's seeds detects with {POWER:.0%} power "
     f"at {CONFIDENCE:.0%} confidence, given the spread of the per-seed differences, and never less than the "
     "seed-to-seed spread",
@@ -122,7 +126,15 @@ def _within(spread: float) -> str:
     return f"makes no difference beyond the seed-to-seed spread ({spread:.3f} nats)" if not math.isnan(spread) else ""
 
 
-def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str, spreads: dict[str, float]) -> Claim | None:
+def _single_seed(study: StudyResults, scale: str, base: str | None, r: pd.Series) -> Interval | None:
+    """With one seed (no interval over seeds): the within-run interval of `r`'s run against `base`, if any."""
+    if base is None or not (r["test"] == NO_TEST or math.isnan(r["delta_lo"])):
+        return None
+    return within_run_delta(study, scale, base, r["run_name"])
+
+
+def _ablation_finding(study: StudyResults, ab: pd.DataFrame, scales: list[str], variant: str,
+                      spreads: dict[str, float]) -> Claim | None:
     what = _REMOVES[variant]
     parts, numbers = [], {}
     for scale in scales:
@@ -134,6 +146,13 @@ def _ablation_finding(ab: pd.DataFrame, scales: list[str], variant: str, spreads
                 "within-spread": _within(spreads.get(scale, math.nan)),
                 "untested-worse": "raises the loss (untested)", "untested-better": "lowers the loss (untested)",
                 "unknown": "cannot be judged"}[e]
+        within = _single_seed(study, scale, reference_run_name(study, scale), r)
+        if within is not None:
+            e = f"within-run-{within_run_effect(within)}"
+            verb = {"within-run-worse": "raises the loss on the probe sequences",
+                    "within-run-better": "lowers the loss on the probe sequences",
+                    "within-run-none": "makes no detectable difference on the probe sequences"}[e]
+            verb += f" ({fmt_within(within)})"
         parts.append(f"at {scale}, removing {what} {verb}: {fmt_delta(r)}")
         numbers[scale] = {"delta": r["delta"], "lo": r["delta_lo"], "hi": r["delta_hi"], "p": r["p"], "effect": e}
     if not parts:
@@ -303,6 +322,12 @@ def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str], spreads
             params = ""
             if base is not None and not math.isnan(r["n_params"]) and not math.isnan(base["n_params"]):
                 params = f", {fmt_count(r['n_params'])} vs {fmt_count(base['n_params'])} parameters"
+            within = _single_seed(study, scale, ref, r)
+            if within is not None:
+                word = {"worse": "Full HOPE is lower on the probe sequences",
+                        "better": f"{display_name(name)} is lower on the probe sequences",
+                        "none": "no detectable difference on the probe sequences"}[within_run_effect(within)]
+                word += f", {fmt_within(within)}"
             parts.append(f"{scale}: {display_name(name)} {fmt_delta(r)}{params} — {word}")
             numbers[(scale, name)] = r["delta"]
     return claim("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): ", parts, numbers)
@@ -428,12 +453,12 @@ def compute_findings(study: StudyResults, scales: list[str] | None = None) -> li
     out = [
         _regime(study, ab, scales),
         _seeds(study, ab, scales, spreads),
-        _ablation_finding(ab, scales, "hope_no_selfmod", spreads),
+        _ablation_finding(study, ab, scales, "hope_no_selfmod", spreads),
         _selfmod_dynamics(study, scales),
         *intervention_findings(study, scales),
-        _ablation_finding(ab, scales, "hope_no_cms", spreads),
+        _ablation_finding(study, ab, scales, "hope_no_cms", spreads),
         _cms_finding(study, scales),
-        _ablation_finding(ab, scales, "hope_no_surprise", spreads),
+        _ablation_finding(study, ab, scales, "hope_no_surprise", spreads),
         _gate_finding(study, scales),
         _gate_closure(study, scales),
         _baselines(study, ab, scales, spreads),

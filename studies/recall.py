@@ -10,13 +10,14 @@ at step 375, 47% at step 1000), so runs need ~1000 steps; the quick set (12 runs
 16 min summed over runs on a CPU shared with other jobs, 0.27 s a run-step, hope-type variants 2-3x Titans and
 ~10x the Transformer. 36 runs x 800 steps at len 64 is then about an hour on two cores. len 64 rather than 32:
 the slow CMS level (period 32) must update inside a sequence to be trained at all. On a GPU, add pairs 16-64
-at len 256 and a second width. Expect failed hope runs: in one measurement (2 pairs, len 64, seed 0) hope's
-forward went non-finite at step 274 inside a run of 34 filler tokens; the study records such a run as failed.
+at len 256 and a second width. hope_attention (attention + the same CMS) is the control for what SR-Titans adds
+over attention. (One hope run here once went non-finite inside a run of 34 filler tokens; that runaway is what
+the Huber inner loss, `inner_error_clip`, now stops: README, "Stability".)
 """
 
 from hopelab.study import Cell, Study
 
-VARIANTS = ("hope", "hope_no_selfmod", "hope_no_cms", "hope_no_surprise", "titans", "transformer")
+VARIANTS = ("hope", "hope_no_selfmod", "hope_no_cms", "hope_no_surprise", "hope_attention", "titans", "transformer")
 # the issue's measurements: lr 3e-3 with warmup and a cosine decay; batches of 16 sequences
 TRAIN = {"lr": 3e-3, "warmup_steps": 50, "schedule": "cosine", "batch_size": 16, "val_batches": 4}
 

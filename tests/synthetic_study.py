@@ -131,8 +131,9 @@ def _probe_rows(run: dict, model, steps_ckpt: list[int], rng: np.random.Generato
             for name, value in {"ce_mean": ce_mu, "ce_std": 2.6, "ce_min": 0.02, "ce_p10": ce_mu - 3.3,
                                 "ce_p50": ce_mu + 0.1, "ce_p90": ce_mu + 3.2, "ce_max": ce_mu + 9.0}.items():
                 rows["surprise"].append(dict(base, probe="surprise", metric=name, value=value))
-        if has_selfmod_probe:
-            for r in _intervene_rows(variant, model, has_cms, components, gated, frac, step == last, rng):
+        if has_selfmod_probe or step == last:  # a Transformer: its losses as trained at the last step only
+            for r in _intervene_rows(variant, model, has_cms, components, gated, frac, step == last, rng,
+                                     run["final"], memory=has_selfmod_probe):
                 rows["intervene"].append(dict(base, probe="intervene", **r))
         params = [f"blocks.{i}.{p}" for i in range(n_layers) for p in ("attn_or_memory.weight", "mlp.weight")]
         n_none = 1 if variant == "titans" else 0  # one detached parameter: the auditor should see it
@@ -159,10 +160,17 @@ def intervene_delta(switch: str, variant: str, frac: float, positions: np.ndarra
             "all_writes_off": selfmod + cms, "gate_open": 0.0 * ramp, "gate_closed": selfmod}[switch]
 
 
-def _intervene_rows(variant, model, has_cms, components, gated, frac, final, rng) -> list[dict]:
+# how hard each probe sequence is: shared by every run, as the probe set is (analysis.within_run pairs on it)
+SEQUENCE_DIFFICULTY = np.random.default_rng(7).normal(0.0, 0.3, 64)
+
+
+def _intervene_rows(variant, model, has_cms, components, gated, frac, final, rng, final_loss,
+                    memory=True) -> list[dict]:
     """The intervene probe's rows, from per-position losses built with known Δs, written by the probe's own
     row builder (hopelab.interventions.intervention_rows): every switch on 16 sequences at the last step, the
-    tracked ones on 8 before (the probe: 64 and 8)."""
+    tracked ones on 8 before (the probe: 64 and 8). As trained, a sequence's loss is its shared difficulty plus
+    the run's final loss, so two runs differ sequence by sequence by about their final losses' difference.
+    memory False (a Transformer): the rows as trained only."""
     import torch
 
     from hopelab.interventions import intervention_rows
@@ -172,9 +180,13 @@ def _intervene_rows(variant, model, has_cms, components, gated, frac, final, rng
     switches += ["gate_open", "gate_closed"] if gated and model.surprise_mode != "off" else []
     if not final:
         switches = [s for s in switches if s in ("selfmod_writes_off", "all_writes_off")]
+    if not memory:
+        switches = []
     n, T = (16 if final else 8), model.context_len  # the probe: 64 and 8; fewer keep the tests fast
     positions = np.arange(T, dtype=float)
-    none = 5.0 - 0.5 * np.log1p(positions)[None] + rng.normal(0, 0.05, (n, 1)) + rng.normal(0, 0.3, (n, T))
+    profile = 0.5 * (np.log1p(positions) - np.log1p(positions).mean())  # mean 0 over positions
+    none = (final_loss - profile[None] + SEQUENCE_DIFFICULTY[:n, None] + rng.normal(0, 0.01, (n, 1))
+            + rng.normal(0, 0.3, (n, T)))
     losses = {"none": none}
     for s in switches:
         noise = rng.normal(0, 0.02, (n, 1)) + rng.normal(0, 0.05, (n, T))  # per sequence, per token

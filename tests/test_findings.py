@@ -130,3 +130,18 @@ def test_one_seed_states_no_spread(tmp_path):
     study = _study(tmp_path, ["hope", "hope_no_cms"], {}, seeds=(0,))
     claims = {c.topic: c for c in compute_findings(study)}
     assert "seeds" not in claims and "single seed, no interval" in claims["the CMS"].text
+
+
+def test_one_seed_rests_on_the_within_run_interval_over_the_probe_sequences(tmp_path):
+    """With one seed, a comparison pairs the two runs' per-sequence losses on the shared probe set: the
+    Transformer (0.336 nats under hope at tiny) is found lower there, with the caveat that seeds are not in it;
+    removing the CMS (−0.015) is worded from its own interval, never as an effect over seeds."""
+    study = _study(tmp_path, ["hope", "hope_no_cms", "transformer"], {}, seeds=(0,))
+    claims = {c.topic: c for c in compute_findings(study)}
+    base = claims["baselines"].text
+    assert "Transformer is lower on the probe sequences" in base and "seed-to-seed variation is not in it" in base
+    assert "over 16 probe sequences" in base  # the synthetic probe set's size
+    cms = claims["the CMS"]
+    assert cms.numbers["tiny"]["effect"].startswith("within-run-") and "on the probe sequences" in cms.text
+    multi = {c.topic: c for c in compute_findings(_study(tmp_path / "two", ["hope", "transformer"], {}))}
+    assert "probe sequences" not in multi["baselines"].text  # with seeds, the interval over seeds is used

@@ -34,8 +34,8 @@ class InterveneProbe(Probe):
 
     def collect(self, at: ProbeStep) -> list[dict[str, Any]]:
         switches = applicable_switches(at.model)
-        if switches == [NONE]:  # nothing to switch off (the Transformer)
-            return []
+        if switches == [NONE] and not at.final:  # nothing to switch off (the Transformer): its per-sequence
+            return []  # losses at the last step still pair it with the other variants (analysis.within_run)
         x, y = at.probe_set
         if at.final:
             switches = [s for s in switches if intervention(s).reset_every is None]
