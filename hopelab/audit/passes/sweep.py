@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hopelab.audit.context import AuditContext, is_finite, mode_name, relative_change
+from hopelab.audit.inputs import Batch
 from hopelab.audit.passes.calls import RepeatedCalls
 
 SWEEP_BUDGET_S = 6.0  # seconds each sweep (train, eval) may spend; at least 8 positions are always probed
@@ -56,7 +57,7 @@ def position_sweep(ctx: AuditContext, calls: RepeatedCalls, coupling: dict[str, 
     """Pass E in one mode. `coupling`: pass D's change of samples 1.. per mode (batch-coupled: one by one)."""
     coupled = coupling.get(mode_name(train), 0.0) > ctx.tol
     positions = _positions(ctx, int(SWEEP_BUDGET_S / max(ctx.row_cost, 1e-5)))
-    x0 = ctx.x[:1]
+    x0 = ctx.inputs.rows(ctx.x, slice(0, 1))
     probes = _probes(ctx, x0, positions)
     nonfinite = False
     if not coupled:
@@ -88,9 +89,9 @@ def _positions(ctx: AuditContext, budget_rows: int) -> list[int]:
     return sorted(set(fixed) | set(rest))
 
 
-def _probes(ctx: AuditContext, x0: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
+def _probes(ctx: AuditContext, x0: Batch, positions: list[int]) -> list[Batch]:
     """One copy of sample 0 per position, with that position changed."""
-    return [ctx.spec.perturb(x0, torch.zeros(1, dtype=torch.long), torch.tensor([j]), ctx.gen) for j in positions]
+    return [ctx.inputs.perturb(x0, torch.zeros(1, dtype=torch.long), torch.tensor([j]), ctx.gen) for j in positions]
 
 
 def _per_position(out: torch.Tensor, ref: torch.Tensor, scale: float) -> torch.Tensor:
@@ -99,8 +100,8 @@ def _per_position(out: torch.Tensor, ref: torch.Tensor, scale: float) -> torch.T
     return d.reshape(d.shape[0], d.shape[1], -1).amax(-1).double() / (scale + 1e-30)  # [R, T]
 
 
-def _batched_diffs(ctx: AuditContext, calls: RepeatedCalls, x0: torch.Tensor, positions: list[int],
-                   probes: list[torch.Tensor], row_numel: int, train: bool):
+def _batched_diffs(ctx: AuditContext, calls: RepeatedCalls, x0: Batch, positions: list[int],
+                   probes: list[Batch], row_numel: int, train: bool):
     """Probes as rows of same-shape batches (sample 0 leads the first). Returns (diffs, nonfinite); diffs is
     None when sample 0 in such a batch differs from sample 0 of the original batch."""
     rows = max(2, min(len(probes) + 1, _MAX_ROW_ELEMS // max(row_numel, 1)))
@@ -110,7 +111,7 @@ def _batched_diffs(ctx: AuditContext, calls: RepeatedCalls, x0: torch.Tensor, po
     while done < len(probes):
         chunk = probes[done: done + rows - (1 if done == 0 else 0)]
         lead = [x0] if done == 0 else []
-        xs = torch.cat(lead + chunk + [x0] * (rows - len(lead) - len(chunk)))  # same shape every time
+        xs = ctx.inputs.cat(lead + chunk + [x0] * (rows - len(lead) - len(chunk)))  # same shape every time
         out = calls.run_fresh(ctx, xs, train)
         nonfinite |= not is_finite(out)
         if done == 0:
