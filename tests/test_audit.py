@@ -254,7 +254,7 @@ def test_report_lists_every_registered_check_once_in_registry_order():
     r = run("nonfinite.py:build")  # skipped checks are listed too
     assert [c.name for c in r.checks] == [c.name for c in CHECKS]
     assert [c.title for c in r.checks] == [c.title for c in CHECKS]
-    assert len({c.name for c in CHECKS}) == len(CHECKS) == 11
+    assert len({c.name for c in CHECKS}) == len(CHECKS) == 13
 
 
 # --- names and tracing ------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ class Inputs:
         return ", ".join(parts) + steps
 
     # --- batches: a tensor, or a dict {name: tensor} ---------------------------------------------------------
-    def _tensors(self, x: Batch) -> dict[str, torch.Tensor]:
+    def tensors(self, x: Batch) -> dict[str, torch.Tensor]:
         return dict(x) if self.named else {"x": x}
 
     def _pack(self, tensors: dict[str, torch.Tensor]) -> Batch:
@@ -169,16 +169,16 @@ class Inputs:
         return model(**x) if self.named else model(x)
 
     def primary(self, x: Batch) -> torch.Tensor:
-        return self._tensors(x)[self.names[0]]
+        return self.tensors(x)[self.names[0]]
 
     def batch_size(self, x: Batch) -> int:
         return self.primary(x).shape[0]
 
     def rows(self, x: Batch, index: slice) -> Batch:
-        return self._pack({n: t[index] for n, t in self._tensors(x).items()})
+        return self._pack({n: t[index] for n, t in self.tensors(x).items()})
 
     def cat(self, xs: list[Batch]) -> Batch:
-        parts = [self._tensors(x) for x in xs]
+        parts = [self.tensors(x) for x in xs]
         return self._pack({n: torch.cat([p[n] for p in parts]) for n in self.names})
 
     def perturb(self, x: Batch, rows: torch.Tensor, steps: torch.Tensor, gen: torch.Generator,
@@ -186,7 +186,7 @@ class Inputs:
         """A copy of x with step steps[i] of sample rows[i] changed in every input (or in input `only`)."""
         out = {}
         for name, (_, spec) in zip(self.names, self.specs):
-            t = self._tensors(x)[name]
+            t = self.tensors(x)[name]
             if only is not None and name != only:
                 out[name] = t
                 continue

@@ -15,12 +15,14 @@ from torch import nn
 from hopelab.audit.checks import (
     batch_independence,
     causality,
+    dead_inputs,
     dead_mechanism,
     eta_alpha,
     eval_vs_train,
     gradient_correctness,
     gradient_flow,
     in_context_grad,
+    next_call,
     nonfinite,
     receptive_field,
     zero_gradients,
@@ -43,6 +45,8 @@ CHECKS: tuple[Check, ...] = tuple(module.CHECK for module in (
     nonfinite,  # 9 NaN / inf
     dead_mechanism,  # 10 unused parameters without a used twin forming a submodule / a large share
     gradient_correctness,  # 11 autograd agrees with finite differences (float64)
+    dead_inputs,  # 12 every input reaches the output
+    next_call,  # 13 parameters that only feed writes, judged on a second call when state is kept
 ))
 
 

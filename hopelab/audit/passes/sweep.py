@@ -3,12 +3,14 @@ how much every output position changes; one mode (train or eval) per sweep.
 
 The probes run as rows of one batch (sample 0 first, then one perturbed copy per position) when the model keeps
 its samples apart; otherwise, or when sample 0 alone in such a batch does not reproduce sample 0 of the
-original batch, one sequence per forward. Each sweep has a time budget; positions 0, 1, T/2 and T-1 and at
-least 8 in all are always probed.
+original batch, one sequence per forward. Each sweep has a time budget (planned from the measured forward
+cost, and enforced on the wall clock one by one); positions 0, 1, T/2 and T-1 are planned and at least 8 in
+all are always probed.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,7 @@ from hopelab.audit.passes.calls import RepeatedCalls
 SWEEP_BUDGET_S = 6.0  # seconds each sweep (train, eval) may spend; at least 8 positions are always probed
 _MAX_ROW_ELEMS = 16_000_000  # output elements per batched forward
 _ONE_BY_ONE_POSITIONS = 16  # positions probed when every probe needs its own forward
+_MIN_POSITIONS = 8  # probed even when the budget is spent
 
 
 @dataclass
@@ -30,6 +33,7 @@ class PositionSweep:
     diffs: dict[int, torch.Tensor]  # j -> [T]
     batched: bool  # all probes ran as rows of one batch
     nonfinite: bool = False
+    stopped: str = ""  # why fewer positions were probed than planned ("" when all were)
 
     def reach(self, T: int, tol: float) -> int:
         """How far back the last position's output depends on the input (0 = only its own token)."""
@@ -71,11 +75,18 @@ def position_sweep(ctx: AuditContext, calls: RepeatedCalls, coupling: dict[str, 
     ref = calls.run_fresh(ctx, x0, train)
     scale = ref.double().pow(2).mean().sqrt().item()
     diffs = {}
+    t0 = time.perf_counter()
     for j, xp in zip(positions, probes):
+        if len(diffs) >= _MIN_POSITIONS and time.perf_counter() - t0 > SWEEP_BUDGET_S:
+            break  # the budget is spent: judge the positions probed so far
         out = calls.run_fresh(ctx, xp, train)
         nonfinite |= not is_finite(out)
         diffs[j] = _per_position(out, ref, scale)[0]
-    return PositionSweep(positions, diffs, batched=False, nonfinite=nonfinite)
+    stopped = ""
+    if len(diffs) < len(positions):
+        stopped = (f"the {mode_name(train)} sweep probed {len(diffs)} of {len(positions)} positions one by one "
+                   f"within its {SWEEP_BUDGET_S:g} s budget")
+    return PositionSweep(sorted(diffs), diffs, batched=False, nonfinite=nonfinite, stopped=stopped)
 
 
 def _positions(ctx: AuditContext, budget_rows: int) -> list[int]:
@@ -83,7 +94,7 @@ def _positions(ctx: AuditContext, budget_rows: int) -> list[int]:
     T = ctx.T
     if budget_rows >= T:
         return list(range(T))
-    n = max(8, budget_rows)
+    n = max(_MIN_POSITIONS, budget_rows)
     fixed = sorted({0, 1, T // 2, T - 1})
     rest = [j for j in torch.randperm(T, generator=ctx.gen).tolist() if j not in fixed][: n - len(fixed)]
     return sorted(set(fixed) | set(rest))
