@@ -10,8 +10,10 @@ judges those parameters on the second call's output. A model keeps state when
 Both calls run in train mode with gradients on one fresh generic copy, after the reset methods the model
 defines (no-argument `reset*()`), so they start as a training step would. Each parameter is then
   grad      reached by the second call's loss: trained through the carried state
-  detached  moving it changes the second call's output (finite differences), but no gradient reaches it
+  detached  moving it changes the second call's output, but no gradient reaches it
   never     neither: whatever it writes is never read
+The finite differences here take a large step (randn · (rms(p) + 1)): a write that is read at all changes the
+second output far above the tolerance, also in float32, while one that is never read leaves it exactly as is.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hopelab.audit.context import AuditContext, grad_state, perturb_, relative_change
+from hopelab.audit.context import AuditContext, grad_state, is_finite, relative_change
 from hopelab.audit.passes.calls import RepeatedCalls
 from hopelab.audit.passes.influence import bisect
 
@@ -156,9 +158,14 @@ class _SecondOutputChange:
         self.tests += 1
         m = ctx.copy(ctx.generic)
         params = dict(m.named_parameters())
-        perturb_([params[n] for n in group], torch.Generator().manual_seed(ctx.seed + 11 + self.tests))
+        gen = torch.Generator().manual_seed(ctx.seed + 11 + self.tests)
+        with torch.no_grad():  # a large step: a write that is read at all must show, also in float32
+            for n in group:
+                p = params[n]
+                step = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device, p.dtype)
+                p.add_(step * (p.detach().double().pow(2).mean().sqrt().item() + 1.0))
         run_resets(m)
         first, _ = ctx.call_raw(m, ctx.x, train=True, grad=True)
         arg, state = returned_state(ctx, m, first)
         out = ctx.forward(m, ctx.x, train=True, grad=True, **({arg: state} if arg else {})).detach()
-        return relative_change(out, self.reference) > ctx.tol
+        return not is_finite(out) or relative_change(out, self.reference) > ctx.tol
