@@ -498,3 +498,61 @@ def test_cli_named_inputs(tmp_path):
     res = CliRunner().invoke(app, ["audit", f"{spec}:FrameModel", "--input", "float:8", "--tokens-per-step", "4",
                                    "--seq-len", "8"])
     assert res.exit_code == 0, res.output
+
+
+# --- budgets and imports ---------------------------------------------------------------------------------------
+
+
+def test_finite_differences_stop_on_the_wall_clock_and_say_so():
+    from hopelab.audit.passes.influence import bisect
+
+    names = [f"m{i}.w" for i in range(8)]
+    tested = []
+
+    def changes(group):
+        tested.append(group)
+        return True
+
+    found, note = bisect(names, changes, "the output", budget_s=0.0)
+    assert len(tested) == 1 and all(found[n] == (True, "attributed by group (finite-difference budget spent)")
+                                    for n in names)
+    assert "stopped after 1 forwards" in note and "8 parameter(s) attributed by group" in note
+    tested.clear()
+    found, note = bisect(names, changes, "the output", budget_s=60.0)
+    assert note == "" and all(found[n] == (True, "moving it changes the output") for n in names)
+    assert len(tested) > 8  # split down to single parameters
+
+
+def test_one_by_one_sweep_keeps_to_its_budget(monkeypatch):
+    import itertools
+
+    import hopelab.audit.passes.sweep as sweep
+
+    clock = itertools.count()  # the sweep's clock: one second per reading
+    monkeypatch.setattr(sweep, "perf_counter", lambda: float(next(clock)))
+    r = run("shared_batch_memory.py:build", seq_len=32)  # batch-coupled: one sequence per forward
+    assert any("sweep probed 14 of 16 positions one by one within its 6 s budget" in n for n in r.notes), r.notes
+    assert finding(r, "batch_independence").severity == "critical"  # still judged
+
+
+def test_audit_does_not_import_lightning():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom hopelab.cli import app\n"
+            f"r = CliRunner().invoke(app, ['audit', {str(FIX / 'fastweight.py:build')!r}, '--seq-len', '8'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_terminal_table_keeps_long_names_whole():
+    r = run("multi_input.py:actions_ignored", input=["obs=float:8", "actions=float:3"], seq_len=8)
+    long = "a_rather_long_component_name_that_cannot_fit_in_its_column.*"
+    r.gradient_flow[0].component = long
+    console = Console(width=80, record=True)
+    r.render(console)
+    text = console.export_text()
+    assert "…" not in text
+    flow = text[text.index("Gradient-flow audit"):]
+    first_column = "".join(line.split("│")[1].strip() for line in flow.splitlines() if line.startswith("│"))
+    assert long in first_column  # folded over several lines, never cut
