@@ -556,3 +556,11 @@ def test_terminal_table_keeps_long_names_whole():
     flow = text[text.index("Gradient-flow audit"):]
     first_column = "".join(line.split("│")[1].strip() for line in flow.splitlines() if line.startswith("│"))
     assert long in first_column  # folded over several lines, never cut
+
+
+def test_eta_variation_finds_a_batch_axis_behind_heads():
+    from hopelab.audit.checks.eta_alpha import _variation
+
+    per_token = torch.rand(1, 2, 6, 1, dtype=torch.float64)  # [H, B, T, 1], as titans-pytorch's to_momentum
+    info = _variation([per_token], B=2)
+    assert info["per_token"] and info["per_sample"] and "note" not in info
