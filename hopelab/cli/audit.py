@@ -24,7 +24,8 @@ def audit_command(
     tokens_per_step: Annotated[int, typer.Option("--tokens-per-step", help="N tokens per step on the sequence axis "
                                                  "(e.g. a frame's patches): steps are judged, not tokens")] = 1,
     call: Annotated[str | None, typer.Option(help="module:fn or path/to/file.py:fn, fn(model, x) -> output "
-                                                "[B, T, ...] (default model(x)); e.g. a reset, then model(x)")] = None,
+                                                "[B, T, ...] (default model(x)); e.g. a reset, then model(x); x is "
+                                                "a dict {name: tensor} with named --input")] = None,
     loss: Annotated[str | None, typer.Option(help="module:fn, fn(output, x) -> scalar "
                                                 "(default: next-token loss)")] = None,
     memory_params: Annotated[list[str], typer.Option("--memory-params", help="glob of parameter names to audit as "
