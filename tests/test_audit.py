@@ -254,7 +254,7 @@ def test_report_lists_every_registered_check_once_in_registry_order():
     r = run("nonfinite.py:build")  # skipped checks are listed too
     assert [c.name for c in r.checks] == [c.name for c in CHECKS]
     assert [c.title for c in r.checks] == [c.title for c in CHECKS]
-    assert len({c.name for c in CHECKS}) == len(CHECKS) == 11
+    assert len({c.name for c in CHECKS}) == len(CHECKS) == 13
 
 
 # --- names and tracing ------------------------------------------------------------------------------------
@@ -409,3 +409,158 @@ def test_cli_kw(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["settings"]["n_params"] < 3000  # dim 8, not 16
     res = CliRunner().invoke(app, ["audit", f"{spec}:NeedsResetLM", "--kw", "width=8"])
     assert isinstance(res.exception, UserError) and "width" in str(res.exception)
+
+
+# --- parameters that only feed writes: the second call ------------------------------------------------------
+
+
+def test_memory_read_on_the_next_call_is_judged_on_a_second_call():
+    r = run("next_call_memory.py:build", seq_len=16)
+    f = finding(r, "next_call")
+    assert f.severity == "info" and f.params == ["write_proj.weight"] and r.exit_code == 0
+    assert f.evidence["resets_called"] == ["NextCallMemory.reset_memory()"] and "mem" in f.evidence["keeps_state"]
+    assert not r.has("dead_params")  # judged on the second call, not left as a one-call warning
+    row = next(row for row in r.gradient_flow if row.component == "write_proj")
+    assert row.ok and "next call" in row.status
+    # the broken twin writes a memory no call reads: critical, where one call alone says only "dead"
+    broken = run("next_call_memory.py:build_broken", seq_len=16)
+    f = finding(broken, "write_only")
+    assert f.severity == "critical" and f.params == ["write_proj.weight"] and broken.exit_code == 1
+    assert "mem_next" in f.evidence["keeps_state"]
+    detached = run("next_call_memory.py:build_detached", seq_len=16)
+    assert finding(detached, "next_call_detached").severity == "warning" and detached.exit_code == 0
+
+
+def test_returned_state_is_passed_back_for_the_second_call():
+    r = run("next_call_memory.py:build_functional", seq_len=16)
+    f = finding(r, "next_call")
+    assert f.params == ["write_proj.weight"] and f.evidence["state_argument"] == "state" and r.exit_code == 0
+    assert "returns a state (passed back as state=)" in f.evidence["keeps_state"]
+
+
+def test_dead_parameters_of_a_model_without_state_stay_a_one_call_warning():
+    r = run("multi_input.py:actions_ignored", input=["obs=float:8", "actions=float:3"], seq_len=16)
+    assert finding(r, "dead_params").severity == "warning" and not r.has("write_only")
+    assert next(c for c in r.checks if c.name == "next_call").status == "skipped"
+
+
+# --- named inputs, steps of several tokens, dead inputs, names ------------------------------------------------
+
+
+def test_named_inputs_reach_forward_by_keyword_and_a_call_gets_them_as_a_dict():
+    named = ["obs=float:8", "actions=float:3"]
+    r = run("multi_input.py:ActionModel", input=named, seq_len=16)
+    assert r.exit_code == 0 and not checks_of(r, "critical") and r.settings["input"] == "obs=float:8, actions=float:3"
+    dead_inputs = next(c for c in r.checks if c.name == "dead_inputs")
+    assert dead_inputs.status == "pass" and "actions" in dead_inputs.summary
+    r = run("multi_input.py:ActionModel", input=named, seq_len=16, call=str(FIX / "multi_input.py:run_named"))
+    assert r.exit_code == 0
+    with pytest.raises(UserError, match="name each one"):
+        run("multi_input.py:ActionModel", input=["float:8", "actions=float:3"])
+    with pytest.raises(UserError, match="float:NxD"):
+        run("multi_input.py:ActionModel", input=["obs=floats:8"])
+
+
+def test_ignored_input_is_named_with_its_encoder():
+    r = run("multi_input.py:actions_ignored", input=["obs=float:8", "actions=float:3"], seq_len=16)
+    f = finding(r, "input_ignored")
+    assert f.severity == "critical" and f.evidence["input"] == "actions" and f.evidence["read_by"] == ["action_enc"]
+    assert "'actions'" in f.title and set(f.params) == {"action_enc.weight", "action_enc.bias"}
+    assert r.exit_code == 1
+
+
+def test_tokens_per_step_folds_a_frame_of_tokens_onto_the_step_axis():
+    flat = run("multi_input.py:FrameModel", input="float:8", seq_len=8)
+    assert finding(flat, "causality").severity == "critical"  # patches of one frame see each other
+    folded = run("multi_input.py:FrameModel", input="float:8", seq_len=8, tokens_per_step=4)
+    assert folded.exit_code == 0 and not checks_of(folded, "critical")
+    assert folded.settings["input"] == "float:8, 4 tokens per step"
+    receptive = next(c for c in folded.checks if c.name == "receptive_field")
+    assert "up to 7 positions back" in receptive.summary  # 8 steps, not 32 tokens
+
+
+def test_a_state_encoder_is_not_a_memory():
+    assert not is_memory_name("state_encoder.weight") and not is_memory_name("memory_proj.weight")
+    assert is_memory_name("state_init") and is_memory_name("blocks.0.memory.weight") and is_memory_name("eta_proj.w")
+    r = run("multi_input.py:Policy", input="float:6", seq_len=16)
+    assert r.settings["memory_parameters_audited"] == 0
+    assert finding(r, "receptive_field").severity == "info" and r.exit_code == 0
+
+
+def test_cli_named_inputs(tmp_path):
+    from hopelab.cli import app
+
+    spec = str(FIX / "multi_input.py")
+    res = CliRunner().invoke(app, ["audit", f"{spec}:ActionModel", "--kw", "act_dim=2", "--input", "obs=float:8",
+                                   "--input", "actions=float:2", "--seq-len", "16", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["input"] == "obs=float:8, actions=float:2"
+    res = CliRunner().invoke(app, ["audit", f"{spec}:FrameModel", "--input", "float:8", "--tokens-per-step", "4",
+                                   "--seq-len", "8"])
+    assert res.exit_code == 0, res.output
+
+
+# --- budgets and imports ---------------------------------------------------------------------------------------
+
+
+def test_finite_differences_stop_on_the_wall_clock_and_say_so():
+    from hopelab.audit.passes.influence import bisect
+
+    names = [f"m{i}.w" for i in range(8)]
+    tested = []
+
+    def changes(group):
+        tested.append(group)
+        return True
+
+    found, note = bisect(names, changes, "the output", budget_s=0.0)
+    assert len(tested) == 1 and all(found[n] == (True, "attributed by group (finite-difference budget spent)")
+                                    for n in names)
+    assert "stopped after 1 forwards" in note and "8 parameter(s) attributed by group" in note
+    tested.clear()
+    found, note = bisect(names, changes, "the output", budget_s=60.0)
+    assert note == "" and all(found[n] == (True, "moving it changes the output") for n in names)
+    assert len(tested) > 8  # split down to single parameters
+
+
+def test_one_by_one_sweep_keeps_to_its_budget(monkeypatch):
+    import itertools
+
+    import hopelab.audit.passes.sweep as sweep
+
+    clock = itertools.count()  # the sweep's clock: one second per reading
+    monkeypatch.setattr(sweep, "perf_counter", lambda: float(next(clock)))
+    r = run("shared_batch_memory.py:build", seq_len=32)  # batch-coupled: one sequence per forward
+    assert any("sweep probed 14 of 16 positions one by one within its 6 s budget" in n for n in r.notes), r.notes
+    assert finding(r, "batch_independence").severity == "critical"  # still judged
+
+
+def test_audit_does_not_import_lightning():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom hopelab.cli import app\n"
+            f"r = CliRunner().invoke(app, ['audit', {str(FIX / 'fastweight.py:build')!r}, '--seq-len', '8'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_terminal_table_keeps_long_names_whole():
+    r = run("multi_input.py:actions_ignored", input=["obs=float:8", "actions=float:3"], seq_len=8)
+    long = "a_rather_long_component_name_that_cannot_fit_in_its_column.*"
+    r.gradient_flow[0].component = long
+    console = Console(width=80, record=True)
+    r.render(console)
+    text = console.export_text()
+    assert "…" not in text
+    flow = text[text.index("Gradient-flow audit"):]
+    first_column = "".join(line.split("│")[1].strip() for line in flow.splitlines() if line.startswith("│"))
+    assert long in first_column  # folded over several lines, never cut
+
+
+def test_eta_variation_finds_a_batch_axis_behind_heads():
+    from hopelab.audit.checks.eta_alpha import _variation
+
+    per_token = torch.rand(1, 2, 6, 1, dtype=torch.float64)  # [H, B, T, 1], as titans-pytorch's to_momentum
+    info = _variation([per_token], B=2)
+    assert info["per_token"] and info["per_sample"] and "note" not in info

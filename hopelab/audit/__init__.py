@@ -6,7 +6,8 @@
 
 How it is built, in the order an audit runs:
 
-  target.py   how a model it has never seen is loaded, fed and scored (input, call, default loss)
+  target.py   how a model it has never seen is loaded, called and scored (factory, call, default loss)
+  inputs.py   what it is fed: one input or named ones, and the steps of the sequence axis
   context.py  the options, the model copies and the forward / loss / gradient every pass shares
   passes/     a few forwards that measure (gradients, op tracing, perturbation sweeps, finite differences)
   checks/     one module per check, reading the measurements; `CHECKS` lists them in report order

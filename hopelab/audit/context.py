@@ -22,19 +22,13 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from hopelab.audit.target import (
-    DefaultLoss,
-    InputSpec,
-    as_output,
-    default_call,
-    load_object,
-    parse_input,
-    user_loss,
-)
+from hopelab.audit.inputs import Batch, Inputs
+from hopelab.audit.target import DefaultLoss, as_output, load_object, user_loss
 from hopelab.errors import UserError
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -94,10 +88,10 @@ def mode_name(train: bool) -> str:
 class AuditOptions:
     """What the user asked for, validated (a UserError names the bad argument)."""
 
-    spec: InputSpec
-    seq_len: int
+    inputs: Inputs
+    seq_len: int  # steps T
     batch: int
-    call: Callable | None  # fn(model, x) -> output; None: model(x)
+    call: Callable | None  # fn(model, x) -> output; None: model(x) (model(**x) for named inputs)
     loss: Callable | None  # fn(output, x) -> scalar; None: the default next-token loss
     device: str
     seed: int
@@ -105,9 +99,9 @@ class AuditOptions:
     dtype: str  # a key of DTYPE_CHOICES
 
     @classmethod
-    def parse(cls, model: nn.Module, *, vocab: int | None, seq_len: int, batch: int, input: str,
+    def parse(cls, model: nn.Module, *, vocab: int | None, seq_len: int, batch: int, input: str | list[str],
               call: Callable | str | None, loss: Callable | str | None, device: str, seed: int,
-              memory_params: list[str] | tuple[str, ...] | str, dtype: str) -> AuditOptions:
+              memory_params: list[str] | tuple[str, ...] | str, dtype: str, tokens_per_step: int = 1) -> AuditOptions:
         if not isinstance(model, nn.Module):
             raise UserError(f"audit needs an nn.Module, got {type(model).__name__}")
         if seq_len < 4:
@@ -122,10 +116,10 @@ class AuditOptions:
         globs = [g for pat in globs for g in pat.split(",") if g]
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {device!r} is not available on this machine; use --device cpu")
-        spec = parse_input(input, vocab, model)
+        inputs = Inputs.parse(input, vocab, model, tokens_per_step)
         if dtype not in DTYPE_CHOICES:
             raise UserError(f"dtype {dtype!r} is not valid; choose one of: {', '.join(DTYPE_CHOICES)}")
-        return cls(spec, seq_len, batch, call, loss, device, seed, globs, dtype)
+        return cls(inputs, seq_len, batch, call, loss, device, seed, globs, dtype)
 
     def dtypes(self, n_params: int) -> tuple[tuple[torch.dtype, ...], list[str]]:
         """The dtypes to try in order (the next one when the model fails in the previous), and a note on why."""
@@ -142,13 +136,14 @@ class AuditContext:
 
     def __init__(self, model: nn.Module, options: AuditOptions, dtype: torch.dtype) -> None:
         self.options = options
-        self.spec = options.spec
+        self.inputs = options.inputs
         self.T, self.B = options.seq_len, options.batch
         self.device, self.seed, self.dtype = options.device, options.seed, dtype
         self.tol = TOLERANCE[dtype]
-        self.call = options.call or default_call
+        self.call = options.call or options.inputs.call
+        self.folded = False  # the output holds N tokens per step and is folded to [B, T, N, ...]
         self._current: nn.Module | None = None  # the copy being run, for a loss fn(output, x, model)
-        self.default_loss = DefaultLoss(options.spec, options.seed) if options.loss is None else None
+        self.default_loss = DefaultLoss(options.inputs.primary_spec, options.seed) if options.loss is None else None
         self.loss = self.default_loss or user_loss(options.loss, lambda: self._current)
         try:
             self.base = copy.deepcopy(model).to(device=options.device, dtype=dtype)
@@ -156,7 +151,7 @@ class AuditContext:
             raise UserError(f"cannot deep-copy the model ({type(err).__name__}: {err}); the audit works on "
                             "copies so it never changes yours") from err
         self.gen = torch.Generator().manual_seed(options.seed)  # inputs, positions and probes, in this order
-        self.x = options.spec.make(options.batch, options.seq_len, self.gen, options.device, dtype)
+        self.x = options.inputs.make(options.batch, options.seq_len, self.gen, options.device, dtype)
         self.trainable = [n for n, p in self.base.named_parameters() if p.requires_grad]
         self.frozen = [n for n, p in self.base.named_parameters() if not p.requires_grad]
         self.generic = copy.deepcopy(self.base)
@@ -171,27 +166,44 @@ class AuditContext:
     def copy(self, m: nn.Module) -> nn.Module:
         return copy.deepcopy(m)
 
-    def forward(self, m: nn.Module, x: torch.Tensor, *, train: bool, grad: bool) -> torch.Tensor:
+    def forward(self, m: nn.Module, x: Batch, *, train: bool, grad: bool, **extra) -> torch.Tensor:
         """The call's output [B, T, ...], dropout off and the RNG reseeded; checks the shape and dtype."""
+        return self.call_raw(m, x, train=train, grad=grad, **extra)[1]
+
+    def call_raw(self, m: nn.Module, x: Batch, *, train: bool, grad: bool, **extra) -> tuple[Any, torch.Tensor]:
+        """(what the call returned, its output tensor folded per step). `extra`: keyword arguments for the
+        model (the default call only), e.g. a state it returned before."""
         m.train(train)
         for mod in m.modules():
             if isinstance(mod, nn.modules.dropout._DropoutNd):
                 mod.eval()
         torch.manual_seed(self.seed)
         self._current = m
+        B, T = self.inputs.batch_size(x), self.inputs.steps(x)
         t0 = time.perf_counter()
         with torch.set_grad_enabled(grad):
-            out = as_output(self.call(m, x))
-        self.row_cost = min(self.row_cost, (time.perf_counter() - t0) / x.shape[0])
-        if out.ndim < 2 or out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1]:
-            raise UserError(f"the model's output has shape {tuple(out.shape)}, not [B={x.shape[0]}, "
-                            f"T={x.shape[1]}, ...]; pass --call module:fn to return a [B, T, ...] tensor")
+            if extra:
+                result = m(**x, **extra) if self.inputs.named else m(x, **extra)
+            else:
+                result = self.call(m, x)
+            out = as_output(result)
+        self.row_cost = min(self.row_cost, (time.perf_counter() - t0) / B)
+        self.folded = self.inputs.folds(out, T)
+        out = self.inputs.fold(out, T)
+        if out.ndim < 2 or out.shape[0] != B or out.shape[1] != T:
+            n = self.inputs.tokens_per_step
+            want = f"T={T}" if n == 1 else f"T={T} steps (or T·N={T * n} tokens)"
+            raise UserError(f"the model's output has shape {tuple(out.shape)}, not [B={B}, {want}, ...]; pass "
+                            "--call module:fn to return a [B, T, ...] tensor (--tokens-per-step N: N tokens a step)")
         if not out.is_floating_point():
             raise UserError(f"the model's output has dtype {out.dtype}; a floating-point tensor is needed")
-        return out
+        return result, out
 
-    def loss_of(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        value = self.loss(out, x)
+    def loss_of(self, out: torch.Tensor, x: Batch) -> torch.Tensor:
+        """The loss of an output as `forward` returned it (unfolded again for the loss)."""
+        if self.folded:
+            out = out.flatten(1, 2)
+        value = self.default_loss(out, self.inputs.primary(x)) if self.default_loss else self.loss(out, x)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise UserError("the loss must return a scalar tensor")
         return value.reshape(())

@@ -5,7 +5,9 @@ digits and camelCase: `blocks.0.M_eta.w1` -> blocks, M, eta, w) and matches them
 
 - memory words (check 3 "gradient through in-context updates" audits these parameters):
   memory, mem, init, initial, state, fast, eta, lr, alpha, decay, gate, theta, beta, momentum, forget, keep,
-  and a standalone capital `M` (`M_k`, `M_memory`: the paper's notation for a memory).
+  and a standalone capital `M` (`M_k`, `M_memory`: the paper's notation for a memory). A state noun (memory,
+  mem, state, init, ...) directly followed by a word naming a network that *processes* it (`state_encoder`,
+  `memory_proj`, `state_embed`: PROCESSOR_WORDS) does not count: that is an encoder of states, not a state.
 - η/α producer words (check 8 "learning rate / decay collapse" records these modules' outputs):
   eta, lr, alpha, decay, theta, beta, momentum, forget, keep. Only the module's own name counts (`M_eta`,
   `eta_proj`, `hook_eta`), not its parent's, so the Linear inside `M_eta` is not a second producer.
@@ -26,6 +28,10 @@ MEMORY_WORDS = frozenset(
     "memory memories mem mems init initial state states fast eta lr alpha decay gate gates theta beta "
     "momentum forget keep".split()
 )
+STATE_NOUNS = frozenset("memory memories mem mems state states init initial".split())
+PROCESSOR_WORDS = frozenset(
+    "encoder encoders enc embed embedding embeddings emb decoder dec proj projection head norm tokenizer".split()
+)
 PRODUCER_WORDS = frozenset("eta lr alpha decay theta beta momentum forget keep".split())
 
 _SPLIT = re.compile(r"[^A-Za-z]+")
@@ -41,7 +47,14 @@ def words(name: str) -> list[str]:
 
 
 def is_memory_name(name: str) -> bool:
-    return any(w == "M" or w.lower() in MEMORY_WORDS for w in words(name))
+    ws = words(name)
+    for i, w in enumerate(ws):
+        follower = ws[i + 1].lower() if i + 1 < len(ws) else ""
+        if w.lower() in STATE_NOUNS and follower in PROCESSOR_WORDS:
+            continue
+        if w == "M" or w.lower() in MEMORY_WORDS:
+            return True
+    return False
 
 
 def is_producer_name(module_name: str) -> bool:

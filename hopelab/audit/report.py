@@ -161,9 +161,10 @@ class AuditReport:
         style = "bold red" if self.exit_code else ("yellow" if self.by_severity("warning") else "bold green")
         console.print(Panel(f"[{style}]{self.verdict}[/]", title=f"hopelab audit · {self.target}", expand=False))
 
+        # names are never cut: long ones wrap inside their cell (overflow="fold") instead of ending in "…"
         checks = Table(title="Checks", show_lines=False)
         for col in ("check", "status", "summary"):
-            checks.add_column(col)
+            checks.add_column(col, overflow="fold")
         for c in self.checks:
             checks.add_row(c.title, f"[{_STATUS_STYLE.get(c.status, '')}]{c.status}[/]", c.summary)
         console.print(checks)
@@ -171,15 +172,15 @@ class AuditReport:
         if self.findings:
             tab = Table(title="Findings")
             for col in ("severity", "check", "finding", "params"):
-                tab.add_column(col)
+                tab.add_column(col, overflow="fold")
             for f in sorted(self.findings, key=lambda f: SEVERITIES.index(f.severity)):
-                params = ", ".join(f.params[:4]) + (f" (+{len(f.params) - 4})" if len(f.params) > 4 else "")
+                params = "\n".join(f.params[:4]) + (f"\n(+{len(f.params) - 4})" if len(f.params) > 4 else "")
                 tab.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", f.check, f.title, params)
             console.print(tab)
 
         flow = Table(title="Gradient-flow audit")
         for col in ("component", "parameters", "gradient from outer loss?", "late-position loss?", "status"):
-            flow.add_column(col)
+            flow.add_column(col, overflow="fold")
         for r in self.gradient_flow:
             mark = "[green]✓[/]" if r.ok else "[bold red]✗[/]"
             st = r.status if r.ok else f"[bold red]{r.status}[/]"

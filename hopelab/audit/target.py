@@ -3,10 +3,11 @@
 - TARGET `package.module:factory` or `path/to/file.py:factory`; `factory(**kwargs)` returns an `nn.Module`
   (a class works: `titans_pytorch:NeuralMemory` with `--kw dim=64`). A file's own folder is put on `sys.path`
   so it can import its siblings. `--kw key=value` values are parsed as JSON, else kept as strings.
-- Input `tokens` (LongTensor [B, T] in [0, vocab)) or `float:DIM` (FloatTensor [B, T, DIM], standard normal).
-- Call: `fn(model, x) -> output` (default `model(x)`). An output may be a tensor, a tuple/list (first tensor)
-  or a dict (`logits`, `output`, `out`, `y`, else the first tensor value); it must be [B, T, ...].
-- Default loss (next-token):
+- Inputs: hopelab.audit.inputs (`tokens`, `float:DIM`, named ones passed by keyword, tokens per step).
+- Call: `fn(model, x) -> output` (default `model(x)`, or `model(**x)` for named inputs). An output may be a
+  tensor, a tuple/list (first tensor) or a dict (`logits`, `output`, `out`, `y`, else the first tensor value);
+  it must be [B, T, ...] ([B, T·N, ...] with N tokens per step).
+- Default loss (next-token; x is the primary input, the output as the model returned it):
     tokens and output [B, T, V] with V >= vocab: cross-entropy of output[:, :-1] against x[:, 1:];
     float input and output [B, T, DIM]: MSE of output[:, :-1] against x[:, 1:];
     any other output shape: MSE of the output against a fixed standard-normal target of the output's shape
@@ -20,7 +21,6 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hopelab.audit.inputs import InputSpec
 from hopelab.errors import UserError
 from hopelab.userfiles import UserFileError, exec_user_file
 
@@ -102,61 +103,6 @@ def build_target(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     return model
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    kind: str  # "tokens" | "float"
-    vocab: int | None = None
-    dim: int | None = None
-
-    def describe(self) -> str:
-        return f"tokens (vocab {self.vocab})" if self.kind == "tokens" else f"float:{self.dim}"
-
-    def make(self, batch: int, seq_len: int, gen: torch.Generator, device: str, dtype: torch.dtype) -> torch.Tensor:
-        if self.kind == "tokens":
-            return torch.randint(0, self.vocab, (batch, seq_len), generator=gen).to(device)
-        return torch.randn(batch, seq_len, self.dim, generator=gen, dtype=torch.float64).to(device, dtype)
-
-    def perturb(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A copy of x with x[rows[i], cols[i]] changed (another token, or fresh noise)."""
-        out = x.clone()
-        if self.kind == "tokens":
-            shift = torch.randint(1, self.vocab, (len(rows),), generator=gen).to(x.device)
-            out[rows, cols] = (x[rows, cols] + shift) % self.vocab
-        else:
-            noise = torch.randn(len(rows), self.dim, generator=gen, dtype=torch.float64).to(x.device, x.dtype)
-            out[rows, cols] = x[rows, cols] + noise
-        return out
-
-
-def parse_input(spec: str, vocab: int | None, model: nn.Module) -> InputSpec:
-    if spec == "tokens":
-        vocab = vocab or infer_vocab(model)
-        if vocab is None or vocab < 2:
-            raise UserError("cannot tell the vocabulary size of this model: pass --vocab N")
-        return InputSpec("tokens", vocab=int(vocab))
-    if spec.startswith("float:"):
-        try:
-            dim = int(spec.split(":", 1)[1])
-        except ValueError:
-            dim = 0
-        if dim < 1:
-            raise UserError(f"--input {spec!r}: DIM must be a positive integer, e.g. float:32")
-        return InputSpec("float", dim=dim)
-    raise UserError(f"--input {spec!r} is not valid; choose tokens or float:DIM")
-
-
-def infer_vocab(model: nn.Module) -> int | None:
-    """model.config.vocab_size / model.vocab_size, else the first nn.Embedding's size."""
-    for holder in (getattr(model, "config", None), model):
-        v = getattr(holder, "vocab_size", None)
-        if isinstance(v, int):
-            return v
-    for m in model.modules():
-        if isinstance(m, nn.Embedding):
-            return m.num_embeddings
-    return None
-
-
 def entry_points(model: nn.Module, words: tuple[str, ...] = ("reset", "init")) -> list[str]:
     """`Class.method()` for the model's own methods whose name has one of `words` (torch's own excluded)."""
     found = set()
@@ -175,10 +121,6 @@ def forward_signature(model: nn.Module) -> str:
         return f"forward{inspect.signature(model.forward)}"
     except (TypeError, ValueError):
         return "forward(...)"
-
-
-def default_call(model: nn.Module, x: torch.Tensor) -> Any:
-    return model(x)
 
 
 def as_output(result: Any) -> torch.Tensor:

@@ -19,9 +19,13 @@ def audit_command(
                                                  "vocab_size or the first nn.Embedding)")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="sequence length T")] = 64,
     batch: Annotated[int, typer.Option(help="batch size B (>= 2 to test batch independence)")] = 2,
-    input: Annotated[str, typer.Option("--input", help="tokens | float:DIM")] = "tokens",
+    input: Annotated[list[str], typer.Option("--input", help="[NAME=]tokens | tokens:V | float:D | float:NxD "
+                                             "(repeatable; named inputs go to forward(NAME=...))")] = ["tokens"],
+    tokens_per_step: Annotated[int, typer.Option("--tokens-per-step", help="N tokens per step on the sequence axis "
+                                                 "(e.g. a frame's patches): steps are judged, not tokens")] = 1,
     call: Annotated[str | None, typer.Option(help="module:fn or path/to/file.py:fn, fn(model, x) -> output "
-                                                "[B, T, ...] (default model(x)); e.g. a reset, then model(x)")] = None,
+                                                "[B, T, ...] (default model(x)); e.g. a reset, then model(x); x is "
+                                                "a dict {name: tensor} with named --input")] = None,
     loss: Annotated[str | None, typer.Option(help="module:fn, fn(output, x) -> scalar "
                                                 "(default: next-token loss)")] = None,
     memory_params: Annotated[list[str], typer.Option("--memory-params", help="glob of parameter names to audit as "
@@ -54,6 +58,7 @@ def audit_command(
     with console.status("loading target") as status:
         model = build_target(target, parse_kwargs(kw))
         report = audit(model, vocab=vocab, seq_len=seq_len, batch=batch, input=input, call=call, loss=loss,
+                       tokens_per_step=tokens_per_step,
                        device=device, seed=seed, memory_params=memory_params, dtype=dtype, target=target,
                        progress=lambda msg: status.update(msg))
     report.render(Console())

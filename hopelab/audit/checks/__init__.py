@@ -15,12 +15,14 @@ from torch import nn
 from hopelab.audit.checks import (
     batch_independence,
     causality,
+    dead_inputs,
     dead_mechanism,
     eta_alpha,
     eval_vs_train,
     gradient_correctness,
     gradient_flow,
     in_context_grad,
+    next_call,
     nonfinite,
     receptive_field,
     zero_gradients,
@@ -43,6 +45,8 @@ CHECKS: tuple[Check, ...] = tuple(module.CHECK for module in (
     nonfinite,  # 9 NaN / inf
     dead_mechanism,  # 10 unused parameters without a used twin forming a submodule / a large share
     gradient_correctness,  # 11 autograd agrees with finite differences (float64)
+    dead_inputs,  # 12 every input reaches the output
+    next_call,  # 13 parameters that only feed writes, judged on a second call when state is kept
 ))
 
 
@@ -52,7 +56,8 @@ def audit(
     vocab: int | None = None,
     seq_len: int = 64,
     batch: int = 2,
-    input: str = "tokens",
+    input: str | list[str] = "tokens",
+    tokens_per_step: int = 1,
     call: Callable | str | None = None,
     loss: Callable | str | None = None,
     device: str = "cpu",
@@ -64,13 +69,16 @@ def audit(
 ) -> AuditReport:
     """Audit `model` (never modified) and return an AuditReport.
 
+    input: one spec or a list (hopelab.audit.inputs: "tokens", "float:16", "actions=float:3", ...);
+    tokens_per_step: N tokens per step on the sequence axis (vision-style models), see hopelab.audit.inputs.
     call: fn(model, x) -> output [B, T, ...] (default model(x)); loss: fn(output, x) -> scalar (default: the
     next-token loss of hopelab.audit.target); both may be given as "module:fn" strings. dtype: "auto"
     (float64 when the model runs in it and has at most 5M parameters, else float32), "float64", "float32".
     """
     t_start = time.perf_counter()
     options = AuditOptions.parse(model, vocab=vocab, seq_len=seq_len, batch=batch, input=input, call=call,
-                                 loss=loss, device=device, seed=seed, memory_params=memory_params, dtype=dtype)
+                                 loss=loss, device=device, seed=seed, memory_params=memory_params, dtype=dtype,
+                                 tokens_per_step=tokens_per_step)
     m = measure(model, options, progress or (lambda _msg: None), t_start)
     findings, results = [], []
     with default_dtype(m.ctx.dtype):
@@ -89,7 +97,7 @@ def _settings(m: Measurements) -> dict:
     ctx, options = m.ctx, m.ctx.options
     call = options.call
     return {
-        "input": options.spec.describe(), "batch": ctx.B, "seq_len": ctx.T, "device": ctx.device, "seed": ctx.seed,
+        "input": options.inputs.describe(), "batch": ctx.B, "seq_len": ctx.T, "device": ctx.device, "seed": ctx.seed,
         "dtype": str(ctx.dtype).replace("torch.", ""), "tolerance": ctx.tol, "loss": m.base.loss_kind,
         "call": getattr(call, "__name__", "model(x)") if call else "model(x)", "memory_params": options.memory_globs,
         "n_params": sum(p.numel() for p in ctx.base.parameters()),

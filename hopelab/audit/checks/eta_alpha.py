@@ -95,7 +95,7 @@ def _constant_at_base(m: Measurements, constant_perturbed: dict) -> tuple[dict, 
 
 def _variation(outs: list[torch.Tensor], B: int) -> dict[str, Any]:
     """Does a producer's output vary across tokens and across samples?"""
-    batched = [o.double() for o in outs if o.ndim >= 1 and o.shape[0] == B]
+    batched = [_batch_first(o, B) for o in outs if _batch_axis(o, B) is not None]
     if not batched:
         return {"per_token": False, "per_sample": False, "shape": list(outs[0].shape), "note": "no batch axis"}
     scale = max(o.abs().mean().item() for o in batched) + 1e-12
@@ -107,6 +107,17 @@ def _variation(outs: list[torch.Tensor], B: int) -> dict[str, Any]:
     per_token = any(v > VARIES for v in tok) if tok else None
     return {"per_token": per_token, "per_sample": per_sample, "shape": list(batched[0].shape),
             "calls": len(outs), "mean": float(sum(o.mean().item() for o in batched) / len(batched))}
+
+
+def _batch_first(o: torch.Tensor, B: int) -> torch.Tensor:
+    """The batch axis first and size-1 axes dropped: [H=1, B, T, 1] -> [B, T]."""
+    o = o.double().movedim(_batch_axis(o, B), 0)
+    return o.reshape(B, *[n for n in o.shape[1:] if n != 1])
+
+
+def _batch_axis(o: torch.Tensor, B: int) -> int | None:
+    """Axis 0 when it has the batch size, else the first axis that does (heads first: [H, B, T, 1])."""
+    return next((i for i, n in enumerate(o.shape) if n == B), None)
 
 
 CHECK = Check("eta_alpha", "8 η/α collapse", judge)

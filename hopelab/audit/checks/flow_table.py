@@ -15,6 +15,8 @@ GRADIENT_LABELS = {  # parameter status -> the table's wording, in the order a m
     "ok": "yes", "zero_at_init": "zero at init only", "disconnected": "no: detached (changes the output)",
     "detached_access": "no: read only via detached copies", "dead": "no: never reaches the output",
     "unused": "no: never used", "dead_mechanism": "no: never runs (dead mechanism)",
+    "next_call": "on the next call (feeds writes)", "next_call_detached": "no: next call only, detached",
+    "write_only": "no: feeds writes never read",
     "frozen": "frozen (requires_grad=False)",
 }
 
@@ -64,16 +66,22 @@ def _row_status(kinds: list[str], late_bug: bool) -> tuple[str, bool]:
         return "BUG: used but disconnected", False
     if "dead_mechanism" in kinds:
         return "BUG: dead mechanism (never runs)", False
+    if "write_only" in kinds:
+        return "BUG: writes never read (also on a second call)", False
     if late_bug:
         return "BUG: not reached through the in-context updates", False
     if "detached_access" in kinds:
         return "suspect: read only via detached copies", False
     if "dead" in kinds:
         return "dead path", False
+    if "next_call_detached" in kinds:
+        return "suspect: reaches the next call only through detached state", False
     if kinds == ["unused"]:
         return "unused (not a bug by itself)", True
     if kinds == ["frozen"]:
         return "frozen", True
     if "zero_at_init" in kinds:
         return "correct (gated at init)", True
+    if "next_call" in kinds:
+        return "correct (trained through the next call)", True
     return "correct", True

@@ -7,7 +7,9 @@ and op tracing (pass B):
   disconnected      moving it changes the output, yet no gradient: its value reaches the forward only through
                     detached copies (critical: the outer optimizer can never train it)
   detached_access   read only through graph-cutting ops (detach, .data, item) and no effect (warning)
-  dead              used in the forward but never reaches the output (warning)
+  dead              used in the forward but never reaches the output (warning); when the model keeps state
+                    across calls, pass I judges these on a second call instead (check 13: next_call,
+                    next_call_detached, write_only)
   unused            never used in the forward (info: e.g. a template whose copy is the real state)
   dead_mechanism    never used, no used twin, and a whole submodule or a large share of the model
                     (critical, reported by the dead_mechanism check; hopelab.audit.twins tells the two apart)
@@ -40,6 +42,9 @@ class ParameterGradients:
     detached_access: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
     dead_mechanism: list[str] = field(default_factory=list)  # unused, no twin, a whole submodule / large share
+    next_call: list[str] = field(default_factory=list)  # only feed writes; the next call's loss reaches them
+    next_call_detached: list[str] = field(default_factory=list)  # change the next call's output, no gradient
+    write_only: list[str] = field(default_factory=list)  # only feed writes that no call ever reads
     twins: dict[str, str] = field(default_factory=dict)  # unused template -> its used twin, in words
     dead_groups: list[DeadGroup] = field(default_factory=list)
 
@@ -65,7 +70,7 @@ def classify(m: Measurements) -> ParameterGradients:
         elif set(ops) <= GRAPH_CUTTING:
             kind = "detached_access"
         else:
-            kind = "dead"
+            kind = _NEXT_CALL_KINDS.get(m.next_call.judged.get(n, ""), "dead")
         out.status[n] = kind
         getattr(out, kind).append(n)
     if out.unused:
@@ -75,6 +80,9 @@ def classify(m: Measurements) -> ParameterGradients:
         out.unused = [n for n in out.unused if n not in out.dead_mechanism]
         out.status.update({n: "dead_mechanism" for n in out.dead_mechanism})
     return out
+
+
+_NEXT_CALL_KINDS = {"grad": "next_call", "detached": "next_call_detached", "never": "write_only"}  # pass I
 
 
 class _Kind(NamedTuple):

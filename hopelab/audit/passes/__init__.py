@@ -13,6 +13,9 @@ Few forwards in all (batch 2, seq_len 64 by default), in this order:
                                in train (grad on) and eval (no_grad)                -> PositionSweep per mode
   F  parameter_influence       finite differences on parameters without gradient    -> {name: (changes, how)}
   G  gradient_check            directional finite differences vs autograd (float64)  -> GradientCheck
+  H  input_reach               one input changed at a time: does it reach the output -> InputReach
+  I  next_call                 parameters that only feed writes, judged on a second call when the model
+                               keeps state across calls                              -> NextCall
 
 `measure` runs them (pass A in float64 first, float32 when the model fails in float64) and bundles the results
 into `Measurements`.
@@ -50,8 +53,11 @@ from hopelab.audit.passes.gradients import (
     trace_perturbed_point,
 )
 from hopelab.audit.passes.influence import parameter_influence
+from hopelab.audit.passes.inputs import InputReach, input_reach
+from hopelab.audit.passes.next_call import NextCall, next_call
 from hopelab.audit.passes.sweep import PositionSweep, position_sweep
 from hopelab.audit.target import entry_points, forward_signature
+from hopelab.audit.tracing import GRAPH_CUTTING
 from hopelab.errors import UserError
 
 
@@ -67,8 +73,10 @@ class Measurements:
     sweeps: dict[str, PositionSweep]  # pass E, mode -> sweep
     influence: dict[str, tuple[bool, str]]  # pass F, parameter -> (moving it changes the output, how)
     gradcheck: GradientCheck  # pass G
+    inputs: InputReach  # pass H
+    next_call: NextCall  # pass I
     timings: dict[str, float]  # pass -> seconds
-    notes: list[str]  # how the dtype was chosen
+    notes: list[str]  # how the dtype was chosen, budgets that cut a pass short
 
     @property
     def nonfinite(self) -> list[str]:
@@ -118,10 +126,18 @@ def measure(model: nn.Module, options: AuditOptions, progress: Callable[[str], N
                 sweeps[mode_name(train)] = position_sweep(ctx, calls, coupling.other_samples, base.row_numel, train)
         no_grad = [n for n in ctx.trainable if base.grad[n] != "ok" and perturbed.grad_full.get(n) != "ok"]
         with phase("finite_differences", f"finite differences on {len(no_grad)} parameter(s) without gradient"):
-            influence = parameter_influence(ctx, calls, no_grad)
+            influence, note = parameter_influence(ctx, calls, no_grad)
         with phase("gradient_check", "gradient correctness: directional finite differences vs autograd"):
             gradcheck = gradient_check(ctx)
-    return Measurements(ctx, base, perturbed, calls, coupling, sweeps, influence, gradcheck, timings, notes)
+        with phase("inputs", "does every input reach the output"):
+            inputs = input_reach(ctx, calls)
+        write_only = [n for n in no_grad if not influence[n][0] and perturbed.accesses.get(n)
+                      and not set(perturbed.accesses[n]) <= GRAPH_CUTTING]
+        with phase("next_call", f"second call for {len(write_only)} parameter(s) that may only feed writes"):
+            second = next_call(ctx, calls, write_only)
+    notes += [sw.stopped for sw in sweeps.values() if sw.stopped] + [n for n in (note, second.note) if n]
+    return Measurements(ctx, base, perturbed, calls, coupling, sweeps, influence, gradcheck, inputs, second,
+                        timings, notes)
 
 
 def _first_pass(model: nn.Module, options: AuditOptions,

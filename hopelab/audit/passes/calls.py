@@ -58,7 +58,7 @@ def batch_coupling(ctx: AuditContext, calls: RepeatedCalls) -> BatchCoupling:
     if ctx.B < 2:
         return coupling
     T = ctx.T
-    x2 = ctx.spec.perturb(ctx.x, torch.zeros(T, dtype=torch.long), torch.arange(T), ctx.gen)
+    x2 = ctx.inputs.perturb(ctx.x, torch.zeros(T, dtype=torch.long), torch.arange(T), ctx.gen)
     for train in (True, False):
         out = calls.run_fresh(ctx, x2, train)
         coupling.other_samples[mode_name(train)] = relative_change(out[1:], calls.reference[train][1:])
