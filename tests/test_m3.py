@@ -3,6 +3,7 @@ torch's AdamW, and `optimizer=m3` training a tiny model."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -120,3 +121,33 @@ def test_optimizer_m3_trains_a_tiny_model():
     assert losses[-1] < losses[0] - 0.1, losses[::8]  # 3.49 -> 3.27 (AdamW at this lr: about the same)
     with pytest.raises(UserError, match="unknown optimizer"):
         check_train_config(dataclasses.replace(TrainConfig(), optimizer="sgd"))
+
+
+def test_m3_resumes_exactly_from_its_state_dict_mid_chunk():
+    """What a checkpoint keeps of M3 (its state_dict: fast and slow momenta, V, the slow chunk's gradient sum
+    and the step count) resumes bit for bit: interrupted at step 4 (inside the second slow chunk, f = 3), a
+    fresh optimizer loaded from the saved state ends where the uninterrupted one does after 8 steps."""
+    def run(stop_at=None, resume=None):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(5, 3, **F64))
+        b = torch.nn.Parameter(torch.randn(3, **F64))
+        opt = M3([dict(params=[w], m3=True), dict(params=[b], m3=False)], lr=1e-2, frequency=3)
+        start = 0
+        if resume is not None:
+            (w_saved, b_saved, state), start = resume
+            with torch.no_grad():
+                w.copy_(w_saved)
+                b.copy_(b_saved)
+            opt.load_state_dict(state)
+        for step in range(start, 8):
+            x = torch.randn(4, 5, **F64, generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            ((x @ w + b).sin().square().sum()).backward()
+            opt.step()
+            if step + 1 == stop_at:
+                return (w.detach().clone(), b.detach().clone(), copy.deepcopy(opt.state_dict())), stop_at
+        return w.detach(), b.detach()
+
+    full = run()
+    resumed = run(resume=run(stop_at=4))
+    assert torch.equal(full[0], resumed[0]) and torch.equal(full[1], resumed[1])
