@@ -163,6 +163,8 @@ class StudyProgress:
         return None if rate is None else live.left_steps() * rate
 
     def study_eta(self) -> float | None:
+        if not self.live and not self.todo:
+            return 0.0
         mean = self.s_per_step()
         if mean is None:
             return None

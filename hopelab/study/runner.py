@@ -1,4 +1,5 @@
-"""Run the planned runs of a study: one at a time in this process, or `--jobs N` worker processes.
+"""Run the planned runs of a study: one at a time in this process, `--jobs N` worker processes, or submitit
+jobs (`--launcher`, hopelab.study.launch).
 
 Every run is trained by `hopelab.run.train_one`, which resumes a partial run by itself. Around it this
 module takes the run's lock (so two processes never train the same run), skips finished runs, records each
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hopelab.errors import UserError
-from hopelab.run import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunState
+from hopelab.run import STATUS_FAILED, STATUS_RUNNING, RunState
 from hopelab.run.lock import HEARTBEAT_S, HOST, FileLock, LockHeld
 from hopelab.study.plan import PlannedRun, check_same_config
 from hopelab.study.progress import StudyProgress, describe  # noqa: F401 - describe: the CLI's import
@@ -92,8 +93,9 @@ def threads_per_job(jobs: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1) -> list[RunState]:
-    """Train every run not yet finished; returns one outcome per run, in plan order."""
+def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1, launch=None) -> list[RunState]:
+    """Train every run not yet finished; returns one outcome per run, in plan order. `launch`: a
+    `hopelab.study.launch.LaunchOptions` to train them as submitit jobs instead of in this machine's processes."""
     outcomes: dict[str, RunState] = {}
     todo: list[PlannedRun] = []
     for run in runs:
@@ -106,7 +108,11 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
         console.print(f"{len(outcomes)} of {len(runs)} runs already finished; skipping them")
     todo_steps = {run.spec.run_id: run.steps for run in todo}
     with StudyProgress(console, title, total=len(runs), done=len(outcomes), todo=todo_steps) as display:
-        if jobs <= 1 or len(todo) <= 1:
+        if launch is not None:
+            from hopelab.study.launch import launch_jobs
+
+            outcomes.update(launch_jobs(todo, root, launch, display))
+        elif jobs <= 1 or len(todo) <= 1:
             for run in todo:
                 run_id = run.spec.run_id
                 display.step(run_id, None, run.steps, None)
