@@ -62,7 +62,7 @@ class LaunchOptions:
             import submitit
         except ImportError:
             raise UserError("--launcher needs the submitit package: pip install 'hopelab[cluster]'") from None
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.launcher,
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.launcher,
                                          slurm_max_num_timeout=MAX_REQUEUES, local_max_num_timeout=MAX_REQUEUES)
         params: dict[str, Any] = {
             "name": "hopelab",
@@ -104,8 +104,8 @@ class RunJob:
             return train_one(self.run.spec, progress=lambda step, total, loss: None)
         try:
             return execute_run(self.run, self.root, ProgressFile(self.run.dir.progress))
-        except KeyboardInterrupt:  # submitit exits the job (SystemExit) once it has requeued it
-            raise SystemExit(-1) from None
+        except KeyboardInterrupt as err:  # submitit exits a job it requeued: keep its exit code (local requeue)
+            raise SystemExit(err.args[0] if err.args else 1) from None
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit

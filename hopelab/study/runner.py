@@ -49,8 +49,8 @@ def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -
             state = train_one(spec, progress=progress)
         except (UserError, KeyboardInterrupt, SystemExit) as err:
             record_runs(root, [run_record(run, run_dir.state())])
-            if isinstance(err, SystemExit):  # Lightning turns Ctrl+C into SystemExit(1)
-                raise KeyboardInterrupt from None
+            if isinstance(err, SystemExit):  # Lightning turns Ctrl+C into SystemExit(1); submitit exits a job
+                raise KeyboardInterrupt(err.code) from None  # that it requeued with its own code
             raise
         except Exception as err:  # escaped train_one (data, model build): record it, go on with the study
             log = run_dir.write_error(traceback.format_exc())
