@@ -54,6 +54,7 @@ def test_plain_lines_show_step_loss_and_etas_of_running_runs():
         assert "s tiny: 1/4 runs finished, 2 running, study ETA 30s" in block
         display.finished(RunState("s/tiny/a/seed0", "done", final_val_loss=3.0, wall_time_s=12.0))
         display.step("s/tiny/a/seed0", 60, 100, 1.0)  # a late message of a finished run: dropped
+        assert "2/4 runs finished, 1 running" in display.study_line()
     tail = out.getvalue()[len(text) + len(block):]
     assert "done s/tiny/a/seed0: val loss 3.0000, 12.0 s" in tail
     assert "2/4 runs finished, 1 running" in tail and "seed0: step 60" not in tail
