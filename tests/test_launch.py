@@ -97,3 +97,36 @@ def test_job_without_a_result_is_recorded_as_crashed(tmp_path):
     assert outcome.status == "failed" and outcome.crashed and "job 77 ended without a result" in outcome.reason
     (record,) = read_study_json(tmp_path / "gone")["runs"]
     assert record["status"] == "failed" and "77_0_log.err" in record["reason"]
+
+
+def test_scheduler_options_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """The CLI's scheduler options, through LaunchOptions and submitit, as SLURM will read them (a stand-in
+    `srun` on PATH: submitit only checks that there is one)."""
+    from hopelab.cli.study import _launch_options
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    options = _launch_options("slurm", "gpu", 2, 8, 32.0, 90, 3, ["account=mylab", "qos=high"])
+    executor = options.executor(tmp_path / ".submitit")._executor
+    script = executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--cpus-per-task=8",
+                 "--mem=32GB", "--time=90", "--account=mylab", "--qos=high", "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert executor.parameters["array_parallelism"] == 3 and executor.max_num_timeout == 20
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--partition", "gpu"], "--partition need --launcher"),
+    (["--launcher", "pbs"], "choose one of local, slurm"),
+    (["--launcher", "local", "--no-wait"], "--no-wait needs --launcher slurm"),
+    (["--launcher", "slurm", "--slurm", "account"], "expected KEY=VALUE"),
+])
+def test_bad_launcher_options_are_one_line_errors(tmp_path, args, needle):
+    study_file = tmp_path / "one.py"
+    study_file.write_text("from hopelab.study import Cell, Study\n"
+                          "STUDY = Study(name='one', description='d', cells=[Cell('transformer')], scales=('tiny',))\n")
+    result = CliRunner().invoke(app, ["study", "run", str(study_file), "--out", str(tmp_path), "--data",
+                                      "synthetic:copy", *args])
+    assert result.exit_code != 0 and needle in str(result.exception), (result.output, result.exception)

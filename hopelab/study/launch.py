@@ -62,8 +62,11 @@ class LaunchOptions:
             import submitit
         except ImportError:
             raise UserError("--launcher needs the submitit package: pip install 'hopelab[cluster]'") from None
-        executor = submitit.AutoExecutor(folder=folder, cluster=self.launcher,
-                                         slurm_max_num_timeout=MAX_REQUEUES, local_max_num_timeout=MAX_REQUEUES)
+        try:
+            executor = submitit.AutoExecutor(folder=folder, cluster=self.launcher, slurm_max_num_timeout=MAX_REQUEUES,
+                                             local_max_num_timeout=MAX_REQUEUES)
+        except RuntimeError as err:  # no srun/sbatch on this machine
+            raise UserError(f"--launcher {self.launcher}: {err} (--launcher local runs the jobs here)") from None
         params: dict[str, Any] = {
             "name": "hopelab",
             "timeout_min": self.time_min,
