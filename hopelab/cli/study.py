@@ -268,7 +268,8 @@ def run_cmd(
     if dry_run:
         _print_plan(loaded, mine, per_run=True, shard=shard)
         return
-    from hopelab.study.runner import describe, run_all
+    from hopelab.study.progress import describe
+    from hopelab.study.runner import run_all
     from hopelab.study.study_json import register_study, run_record
 
     root = study_root(out, loaded.study.name)

@@ -22,7 +22,7 @@ from hopelab.errors import UserError
 from hopelab.run import STATUS_FAILED, STATUS_RUNNING, RunState
 from hopelab.run.lock import HEARTBEAT_S, HOST, FileLock, LockHeld
 from hopelab.study.plan import PlannedRun, check_same_config
-from hopelab.study.progress import StudyProgress, describe  # noqa: F401 - describe: the CLI's import
+from hopelab.study.progress import StudyProgress
 from hopelab.study.study_json import record_runs, run_record
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss), called every training step
