@@ -26,6 +26,23 @@ RecomputeOpt = Annotated[
     ),
 ]
 
+def _logger_kind(value: str | None) -> str | None:
+    from hopelab.lit.trainer import LOGGERS
+
+    if value is not None and value not in LOGGERS:
+        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(LOGGERS)}")
+    return value
+
+
+LoggerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--logger", metavar="csv|tensorboard", callback=_logger_kind,
+        help="also log the training metrics to Lightning's CSV or TensorBoard logger, under each run's logs/ "
+        "(tensorboard --logdir runs/STUDY); tensorboard is an extra: pip install 'hopelab\\[tensorboard]'",
+    ),
+]
+
 # ---------------------------------------------------------------------- a study's runs (study show, run)
 StudyScalesOpt = Annotated[
     list[str] | None,

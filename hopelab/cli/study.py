@@ -20,7 +20,16 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from hopelab.cli.options import CompileOpt, RecomputeOpt, SeedsOpt, StepsOpt, StudyNameArg, StudyScalesOpt, StudySetOpt
+from hopelab.cli.options import (
+    CompileOpt,
+    LoggerOpt,
+    RecomputeOpt,
+    SeedsOpt,
+    StepsOpt,
+    StudyNameArg,
+    StudyScalesOpt,
+    StudySetOpt,
+)
 from hopelab.config import parse_set_options
 from hopelab.data.synthetic import is_synthetic
 from hopelab.errors import CommandFailed, UserError
@@ -68,6 +77,7 @@ def _plan(
     precision: str | None = None,
     compile_: bool = False,
     recompute: bool = False,
+    logger: str | None = None,
 ) -> tuple[LoadedStudy, list[PlannedRun]]:
     loaded = load_study(name)
     runs = plan_runs(
@@ -83,6 +93,7 @@ def _plan(
         precision=precision,
         compile=compile_,
         recompute=recompute,
+        logger=logger,
     )
     return loaded, runs
 
@@ -193,7 +204,10 @@ def run_cmd(
         typer.Option("--data", metavar="PATH", help="corpus: .txt/.jsonl/.parquet or a directory, or a synthetic "
                      "task synthetic:TASK?...; default: embedded (cells that name their own data keep it)"),
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="runs trained in parallel processes")] = 1,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", metavar="N", help="runs trained at once: worker processes; with "
+                                 "--launcher, jobs at once (default there: 1 local, all on SLURM)")
+    ] = None,
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
     precision: Annotated[str | None, typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
@@ -204,6 +218,26 @@ def run_cmd(
     ] = None,
     set_: StudySetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the runs and their state; train nothing")] = False,
+    logger: LoggerOpt = None,
+    launcher: Annotated[
+        str | None, typer.Option("--launcher", metavar="local|slurm", rich_help_panel="Cluster (submitit)",
+                                 help="one submitit job per pending run: slurm, or local processes")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(metavar="NAME", rich_help_panel="Cluster (submitit)",
+                                                  help="SLURM partition")] = None,
+    gpus_per_job: Annotated[int, typer.Option(metavar="N", rich_help_panel="Cluster (submitit)",
+                                              help="GPUs per job (N > 1: one task per GPU, Lightning DDP)")] = 0,
+    cpus_per_job: Annotated[int | None, typer.Option(metavar="N", rich_help_panel="Cluster (submitit)",
+                                                     help="CPUs per job (also torch's threads)")] = None,
+    mem_gb: Annotated[float | None, typer.Option(metavar="GB", rich_help_panel="Cluster (submitit)",
+                                                 help="memory per job")] = None,
+    time_min: Annotated[int, typer.Option("--time", metavar="MIN", rich_help_panel="Cluster (submitit)",
+                                          help="time limit per job; a job that hits it is requeued and resumes")] = 240,
+    slurm: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", rich_help_panel="Cluster (submitit)",
+                                                    help="any other sbatch option (repeatable), e.g. "
+                                                    "--slurm account=abc --slurm constraint=a100")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", rich_help_panel="Cluster (submitit)",
+                                       help="watch the jobs to the end (--no-wait: submit and exit; SLURM)")] = True,
 ) -> None:
     """Train every run of a study not yet finished (rerun to resume); write OUT/<study>/study.json.
 
@@ -216,14 +250,17 @@ def run_cmd(
     [bold]hopelab study scaling --shard 3/8 --accelerator gpu[/]  (one of 8 array jobs)
 
     [bold]hopelab study run my_study.py --scale tiny --set dim=32 --set steps=50 --dry-run[/]
+
+    [bold]hopelab study ablation --scale small --launcher slurm --partition gpu --gpus-per-job 1 --time 120[/]
     """
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
+    launch = _launch_options(launcher, partition, gpus_per_job, cpus_per_job, mem_gb, time_min, jobs, slurm)
     if data is not None and not is_synthetic(data) and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
     parse_shard(shard)
     loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_,
-                         recompute)
+                         recompute, logger)
     mine = shard_runs(runs, shard)
     for run in mine:  # before anything starts: a finished run with other settings is not this request
         check_same_config(run)
@@ -231,7 +268,8 @@ def run_cmd(
     if dry_run:
         _print_plan(loaded, mine, per_run=True, shard=shard)
         return
-    from hopelab.study.runner import describe, run_all
+    from hopelab.study.progress import describe
+    from hopelab.study.runner import run_all
     from hopelab.study.study_json import register_study, run_record
 
     root = study_root(out, loaded.study.name)
@@ -250,8 +288,11 @@ def run_cmd(
         **loaded.study.to_dict(), "source": loaded.source, "source_sha256": loaded.sha256, "source_text": loaded.text
     }
     register_study(root, definition, _command_line(ctx, name), [run_record(r, st) for r, st in zip(mine, states)])
+    if launch is not None and not wait:
+        _submit_only(console, todo, root, launch)
+        return
     try:
-        outcomes = run_all(mine, root, console, f"{loaded.study.name} {scales}", jobs=jobs)
+        outcomes = run_all(mine, root, console, f"{loaded.study.name} {scales}", jobs=jobs or 1, launch=launch)
     except KeyboardInterrupt:
         raise CommandFailed("[yellow]interrupted[/]: rerun the same command to resume", exit_code=130) from None
     _print_summary(console, mine, outcomes)
@@ -264,6 +305,34 @@ def run_cmd(
     if crashed:
         raise CommandFailed(f"[red]{len(crashed)} run(s) crashed[/]: see {RunDir.ERROR_LOG} in their run "
                             "directories; rerun to retry")
+
+
+def _launch_options(launcher, partition, gpus, cpus, mem_gb, time_min, jobs, slurm):
+    """The submitit options of `--launcher` (None without it); scheduler options without it are an error."""
+    if launcher is None:
+        given = [flag for flag, value in (("--partition", partition), ("--gpus-per-job", gpus),
+                                          ("--cpus-per-job", cpus), ("--mem-gb", mem_gb), ("--slurm", slurm)) if value]
+        if given:
+            raise UserError(f"{', '.join(given)} need --launcher slurm (or local)")
+        return None
+    from hopelab.study.launch import LaunchOptions
+
+    extra = {}
+    for item in slurm or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--slurm {item!r}: expected KEY=VALUE, e.g. --slurm account=abc")
+        extra[key.strip().replace("-", "_")] = value
+    return LaunchOptions(launcher, partition=partition, gpus_per_job=gpus, cpus_per_job=cpus, mem_gb=mem_gb,
+                         time_min=time_min, parallel=jobs, extra=extra)
+
+
+def _submit_only(console, todo: list[PlannedRun], root: Path, launch) -> None:
+    from hopelab.study.launch import launch_jobs
+
+    launch_jobs(todo, root, launch, display=None, wait=False)
+    console.print(f"submitted {len(todo)} job(s); logs under {root / '.submitit'}. Each job records its run in "
+                  f"{root / STUDY_JSON} as it ends; see where they stand with the same command and --dry-run")
 
 
 def _print_summary(console, runs: list[PlannedRun], outcomes) -> None:

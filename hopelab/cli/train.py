@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hopelab.cli.options import CompileOpt, RecomputeOpt
+from hopelab.cli.options import CompileOpt, LoggerOpt, RecomputeOpt
 from hopelab.errors import CommandFailed
 
 
@@ -35,6 +35,7 @@ def train_command(
                                          "probes")] = True,
     compile_: CompileOpt = False,
     recompute: RecomputeOpt = False,
+    logger: LoggerOpt = None,
 ) -> None:
     """Train one run (or resume it from its last good checkpoint; a finished run is not retrained)."""
     from rich.console import Console
@@ -60,6 +61,7 @@ def train_command(
         probes=probes,
         compile=compile_,
         recompute=recompute,
+        logger=logger,
     )
     state = train_one(spec)
     if state.status == STATUS_FAILED:

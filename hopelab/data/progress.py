@@ -31,7 +31,7 @@ def progress_bar(enabled: bool = True, kind: str = "bytes", console=None, transi
         bytes   `prepare`: tasks with a total count bytes and show size and speed; tasks added with
                 total=None are plain spinners (e.g. BPE merges)
         steps   one training run: step/total, the task's `loss` field, time left
-        runs    a study: done/total, the task's `loss` field, time taken and left
+        runs    a study: done/total, the task's `loss` and `eta` fields, time taken
         items   a report: the item being made, done/total, time taken
     """
     if not enabled:
@@ -74,7 +74,7 @@ def _columns(kind: str) -> list:
                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn()]
     if kind == "runs":
         return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+                TimeElapsedColumn(), TextColumn("{task.fields[eta]}")]
     if kind == "items":
         return [TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                 TimeElapsedColumn()]

@@ -4,7 +4,8 @@ Every step: train_loss, lr, grad_norm (before clipping), labelled with the step 
 (1..N; `tokens` = tokens consumed so far). At step 0 and every checkpoint: val_loss on the fixed
 val batches and tokens_per_s since the previous checkpoint. The file is rewritten atomically at every
 checkpoint (and when a run fails); on resume, rows after the restored step are dropped (they are recomputed),
-and rows are unique by (metric, step).
+and rows are unique by (metric, step). Every row also goes to the Trainer's loggers, if any (`--logger
+csv|tensorboard`: one `log_metrics` per step, saved at every checkpoint), so the curves open in TensorBoard.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class TrainMetrics(Callback):
         self.last_val_loss: float | None = None
         self._t0 = 0.0
         self._step0 = 0
+        self.loggers: list = []  # the Trainer's Lightning loggers (rank 0)
 
     def _row(self, step: int, metric: str, value: float | None) -> dict[str, Any]:
         return {**self.labels.row(step), "metric": metric, "value": value}
@@ -69,9 +71,11 @@ class TrainMetrics(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
         if trainer.is_global_zero:
+            self.loggers = list(trainer.loggers)
             self.rows = [r for r in read_metrics(self.path) if r["step"] <= step]
             if step == 0:
                 self.checkpoint_metrics(trainer, pl_module, 0)
+                self.to_loggers(self.rows)
                 self.flush()
         self.restart_clock(step)
 
@@ -83,6 +87,7 @@ class TrainMetrics(Callback):
         if not trainer.is_global_zero:
             return
         step = trainer.global_step  # optimizer steps done; this batch was step - 1
+        first_new = len(self.rows)
         loss = float(outputs["train_loss"])  # the global batch's loss (LitLM.training_step)
         lr = pl_module.train_cfg.lr * lr_factor(step - 1, pl_module.train_cfg)  # the lr this update used
         self.rows.append(self._row(step, "train_loss", loss))
@@ -97,7 +102,15 @@ class TrainMetrics(Callback):
                 tokens = (step - self._step0) * self.labels.tokens_per_step
                 self.rows.append(self._row(step, "tokens_per_s", tokens / elapsed))
             self.checkpoint_metrics(trainer, pl_module, step)
+        self.to_loggers(self.rows[first_new:])
+        if self.schedule.is_ckpt_step(step):
             self.flush()
+
+    def to_loggers(self, rows: list[dict[str, Any]]) -> None:
+        """One step's rows to the Lightning loggers, as {metric: value} at that step."""
+        if rows:
+            for logger in self.loggers:
+                logger.log_metrics({r["metric"]: r["value"] for r in rows}, step=rows[0]["step"])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # the clock of tokens/s restarts after the previous checkpoint's probes and save
@@ -121,3 +134,5 @@ class TrainMetrics(Callback):
 
     def flush(self) -> None:
         write_parquet_atomic(rows_to_table(dedup(self.rows), METRICS_SCHEMA), self.path)
+        for logger in self.loggers:
+            logger.save()

@@ -134,6 +134,31 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+LOGGERS = ("csv", "tensorboard")
+
+
+def make_logger(kind: str | None, run_dir: RunDir):
+    """Lightning's own logger for `--logger csv|tensorboard` (None: none), writing under `<run>/logs/`; the
+    training metrics reach it through `TrainMetrics`. TensorBoard keeps every attempt of a resumed run in one
+    folder (it merges event files by step); CSV starts `logs/csv/version_<k>/` per attempt (its metrics.csv
+    would otherwise be deleted on resume)."""
+    if kind is None:
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(run_dir.logs, name="csv")
+    if kind == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise UserError("--logger tensorboard needs the tensorboard package: pip install 'hopelab[tensorboard]'")
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(run_dir.logs, name="tensorboard", version="", default_hp_metric=False)
+    raise UserError(f"--logger {kind!r}: choose one of {', '.join(LOGGERS)}")
+
+
 def make_trainer(
     *,
     max_steps: int,
@@ -142,6 +167,7 @@ def make_trainer(
     devices: str | int = "auto",
     precision: str | None = None,
     strategy: str = "auto",
+    logger=False,
 ) -> pl.Trainer:
     """A Trainer for one run: our own checkpoints, metrics and progress; accelerator, devices, precision and
     strategy pass straight through (so CPU, one GPU or DDP over several work unchanged)."""
@@ -155,7 +181,7 @@ def make_trainer(
             max_steps=max_steps,
             max_epochs=-1,
             callbacks=callbacks,
-            logger=False,
+            logger=logger,  # make_logger: our metrics reach it through TrainMetrics
             enable_checkpointing=False,  # StepCheckpoint does it, in the order we need
             enable_progress_bar=False,
             enable_model_summary=False,

@@ -1,7 +1,13 @@
 """Lock files so two processes never train the same run (or write a study's study.json at the same time).
 
-A lock is a file created with O_CREAT|O_EXCL holding {"pid", "host", "started"}. A lock whose pid is dead
-on this host is stale and is taken over; a lock from another host is trusted (we cannot see its pid).
+A lock is a file created with O_CREAT|O_EXCL holding {"pid", "host", "started"}, plus, inside a SLURM job,
+{"job", "restart"}, and for a lock held with a heartbeat, "heartbeat_s". A lock is stale (and taken over) when
+    - its pid is dead on this host;
+    - it belongs to an earlier incarnation of this very SLURM job (same job id, lower SLURM_RESTART_COUNT: SLURM
+      never runs two incarnations of one job at once, so a requeued job takes over what it held before);
+    - it is from another host and has a heartbeat that stopped: the holder touches the file every
+      `heartbeat_s` and a file untouched for `STALE_HEARTBEATS` beats lost its process (a job killed on a node).
+Any other lock from another host is trusted (we cannot see its pid).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +23,14 @@ from hopelab.records import read_json
 
 HOST = socket.gethostname()
 _EMPTY_GRACE_S = 30.0  # a lock file still empty after this long lost its writer between create and write
+HEARTBEAT_S = 60.0  # how often a run's lock is touched while its run trains
+STALE_HEARTBEATS = 10  # beats missed before another host's lock is stale (generous: clocks of hosts differ)
+
+
+def slurm_incarnation() -> tuple[str, int] | None:
+    """(job id, restart count) inside a SLURM job, else None. A requeued job keeps its id; the count grows."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return (job, int(os.environ.get("SLURM_RESTART_COUNT") or 0)) if job else None
 
 
 class LockHeld(Exception):
@@ -57,8 +72,17 @@ def is_stale(path: Path, owner: dict) -> bool:
             return time.time() - path.stat().st_mtime > _EMPTY_GRACE_S
         except FileNotFoundError:
             return True
+    mine = slurm_incarnation()
+    if mine is not None and owner.get("job") == mine[0] and int(owner.get("restart", 0)) < mine[1]:
+        return True  # held by this job before it was requeued
     if owner.get("host") != HOST:
-        return False
+        beat = owner.get("heartbeat_s")
+        if not isinstance(beat, (int, float)):
+            return False
+        try:
+            return time.time() - path.stat().st_mtime > STALE_HEARTBEATS * beat
+        except FileNotFoundError:
+            return True
     pid = owner.get("pid")
     return not isinstance(pid, int) or not pid_alive(pid)
 
@@ -74,12 +98,16 @@ def held_by_other(path: Path) -> dict | None:
 
 
 class FileLock:
-    """`with FileLock(path):` ... ; `wait=0` raises LockHeld at once, else polls up to `wait` seconds."""
+    """`with FileLock(path):` ... ; `wait=0` raises LockHeld at once, else polls up to `wait` seconds.
+    `heartbeat`: seconds between touches of the file while held (a lock held for hours, e.g. a run's), so that
+    other hosts can tell a live holder from a dead one; None: no heartbeat (a lock held for a moment)."""
 
-    def __init__(self, path: str | os.PathLike, wait: float = 0.0, poll: float = 0.05):
+    def __init__(self, path: str | os.PathLike, wait: float = 0.0, poll: float = 0.05,
+                 heartbeat: float | None = None):
         self.path = Path(path)
-        self.wait, self.poll = wait, poll
+        self.wait, self.poll, self.heartbeat = wait, poll, heartbeat
         self.held = False
+        self._stop = threading.Event()
 
     def _try_create(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,15 +115,30 @@ class FileLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        owner = {"pid": os.getpid(), "host": HOST, "started": time.time()}
+        if (job := slurm_incarnation()) is not None:
+            owner["job"], owner["restart"] = job
+        if self.heartbeat is not None:
+            owner["heartbeat_s"] = self.heartbeat
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": HOST, "started": time.time()}, f)
+            json.dump(owner, f)
         return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:  # gone (released, or broken by someone who judged it stale): nothing to keep alive
+                return
 
     def acquire(self) -> FileLock:
         deadline = time.monotonic() + self.wait
         while True:
             if self._try_create():
                 self.held = True
+                if self.heartbeat is not None:
+                    self._stop.clear()
+                    threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True).start()
                 return self
             owner = read_owner(self.path)
             if owner is not None and is_stale(self.path, owner):
@@ -121,6 +164,7 @@ class FileLock:
         grave.unlink(missing_ok=True)
 
     def release(self) -> None:
+        self._stop.set()
         if self.held:
             owner = read_owner(self.path)
             if owner and owner.get("pid") == os.getpid() and owner.get("host") == HOST:

@@ -7,6 +7,8 @@
         probes/           long-format probe Parquet (hopelab.records.PROBE_SCHEMA)
         metrics.parquet   long-format training metrics (hopelab.records.METRICS_SCHEMA)
         error.txt         the traceback of a run that crashed
+        progress.json     {step, total, loss, time} while a launched job trains it (hopelab.study.progress)
+        logs/             --logger csv|tensorboard: Lightning's logger files (hopelab.lit.trainer.make_logger)
     <out>/<study>/.locks/<scale>.<run_name>.seed<k>.lock
                           held while a process trains the run (outside the folder, which training owns)
 """
@@ -36,6 +38,8 @@ class RunDir:
         self.probes = self.path / "probes"
         self.metrics = self.path / "metrics.parquet"
         self.error_log = self.path / self.ERROR_LOG
+        self.progress = self.path / "progress.json"
+        self.logs = self.path / "logs"
 
     @classmethod
     def find(cls, root: str | Path) -> list[RunDir]:

@@ -33,6 +33,7 @@ class RunSpec:
     probes: bool = True
     compile: bool = False  # how the run executes, not what it computes (hopelab.models.Execution)
     recompute: bool = False  # likewise
+    logger: str | None = None  # also log the metrics to Lightning's csv or tensorboard logger (make_logger)
 
     @property
     def run_name(self) -> str:

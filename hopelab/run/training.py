@@ -28,7 +28,7 @@ from hopelab.errors import UserError
 from hopelab.lit.datamodule import StepDataModule
 from hopelab.lit.metrics import TrainMetrics, evaluate
 from hopelab.lit.module import LitLM, NonFiniteError
-from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_trainer
+from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_logger, make_trainer
 from hopelab.models import Execution, count_parameters, fast_memory_layers
 from hopelab.probes import ProbeCallback, RunLabels, make_probes
 from hopelab.run.identity import git_sha, hardware, normalise, now, run_identity, spec_identity, versions
@@ -76,7 +76,8 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     # last: a step's rows are on disk before its checkpoint
     callbacks.append(StepCheckpoint(run_dir, schedule, on_saved=lambda step: manifest.saved(step, probes)))
     trainer = make_trainer(max_steps=train_cfg.steps, callbacks=callbacks, accelerator=spec.accelerator,
-                           devices=spec.devices, precision=spec.precision, strategy=spec.strategy)
+                           devices=spec.devices, precision=spec.precision, strategy=spec.strategy,
+                           logger=make_logger(spec.logger, run_dir))
     if rank0:  # only now that every setting is known to be valid
         if existing is not None and normalise(existing.get("model")) != normalise(config["model"]):
             raise UserError(f"{run_dir.path} holds a run on different data (model config {existing.get('model')})")

@@ -1,4 +1,5 @@
-"""Run the planned runs of a study: one at a time in this process, or `--jobs N` worker processes.
+"""Run the planned runs of a study: one at a time in this process, `--jobs N` worker processes, or submitit
+jobs (`--launcher`, hopelab.study.launch).
 
 Every run is trained by `hopelab.run.train_one`, which resumes a partial run by itself. Around it this
 module takes the run's lock (so two processes never train the same run), skips finished runs, records each
@@ -17,11 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
-from hopelab.data.progress import progress_bar
 from hopelab.errors import UserError
-from hopelab.run import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunState
-from hopelab.run.lock import HOST, FileLock, LockHeld
+from hopelab.run import STATUS_FAILED, STATUS_RUNNING, RunState
+from hopelab.run.lock import HEARTBEAT_S, HOST, FileLock, LockHeld
 from hopelab.study.plan import PlannedRun, check_same_config
+from hopelab.study.progress import StudyProgress
 from hopelab.study.study_json import record_runs, run_record
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss), called every training step
@@ -32,7 +33,7 @@ def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -
     run fails or crashes; raises UserError (bad input: every run would fail) and KeyboardInterrupt."""
     spec, run_dir = run.spec, run.dir
     try:
-        lock = FileLock(run_dir.lock).acquire()
+        lock = FileLock(run_dir.lock, heartbeat=HEARTBEAT_S).acquire()
     except LockHeld as held:
         return RunState(spec.run_id, STATUS_RUNNING, reason=f"being trained by {held.who}")
     try:
@@ -48,8 +49,8 @@ def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -
             state = train_one(spec, progress=progress)
         except (UserError, KeyboardInterrupt, SystemExit) as err:
             record_runs(root, [run_record(run, run_dir.state())])
-            if isinstance(err, SystemExit):  # Lightning turns Ctrl+C into SystemExit(1)
-                raise KeyboardInterrupt from None
+            if isinstance(err, SystemExit):  # Lightning turns Ctrl+C into SystemExit(1); submitit exits a job
+                raise KeyboardInterrupt(err.code) from None  # that it requeued with its own code
             raise
         except Exception as err:  # escaped train_one (data, model build): record it, go on with the study
             log = run_dir.write_error(traceback.format_exc())
@@ -91,57 +92,10 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-# ---------------------------------------------------------------------------------------------- display
-class StudyProgress:
-    """Rich progress: runs done/total, and for each active run its step, loss and ETA."""
-
-    def __init__(self, console, title: str, total: int, done: int):
-        self.console = console
-        self.bar = progress_bar(kind="runs", console=console)
-        self.overall = self.bar.add_task(f"[bold]{title}[/] runs", total=total, completed=done, loss="")
-        self.tasks: dict[str, int] = {}
-        self.ended: set[str] = set()  # late progress messages of these runs are dropped
-
-    def __enter__(self) -> StudyProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def step(self, run_id: str, step: int | None, total: int, loss: float | None) -> None:
-        if run_id in self.ended:
-            return
-        if run_id not in self.tasks:
-            self.tasks[run_id] = self.bar.add_task(f"  {run_id}", total=total, loss="")
-        if step is not None:
-            self.bar.update(self.tasks[run_id], completed=step, total=total, loss=f"loss {loss:.3f}")
-
-    def finished(self, outcome: RunState) -> None:
-        self.ended.add(outcome.run_id)
-        task = self.tasks.pop(outcome.run_id, None)
-        if task is not None:
-            self.bar.remove_task(task)
-        if outcome.status in (STATUS_DONE, STATUS_FAILED):
-            self.bar.advance(self.overall)
-        self.console.print(describe(outcome))
-
-
-def describe(outcome: RunState) -> str:
-    if outcome.status == STATUS_DONE:
-        loss = f"val loss {outcome.final_val_loss:.4f}" if outcome.final_val_loss is not None else "no val loss"
-        wall = f", {outcome.wall_time_s:.1f} s" if outcome.wall_time_s is not None else ""
-        mark = "already done" if outcome.skipped else "done"
-        return f"[green]{mark}[/] {outcome.run_id}: {loss}{wall}"
-    if outcome.status == STATUS_FAILED:
-        mark = "crashed" if outcome.crashed else "failed"
-        return f"[red]{mark}[/] {outcome.run_id}: {outcome.reason}"
-    return f"[yellow]{outcome.status}[/] {outcome.run_id}: {outcome.reason}"
-
-
 # ---------------------------------------------------------------------------------------------- driver
-def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1) -> list[RunState]:
-    """Train every run not yet finished; returns one outcome per run, in plan order."""
+def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1, launch=None) -> list[RunState]:
+    """Train every run not yet finished; returns one outcome per run, in plan order. `launch`: a
+    `hopelab.study.launch.LaunchOptions` to train them as submitit jobs instead of in this machine's processes."""
     outcomes: dict[str, RunState] = {}
     todo: list[PlannedRun] = []
     for run in runs:
@@ -152,8 +106,13 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
             todo.append(run)
     if outcomes:
         console.print(f"{len(outcomes)} of {len(runs)} runs already finished; skipping them")
-    with StudyProgress(console, title, total=len(runs), done=len(outcomes)) as display:
-        if jobs <= 1 or len(todo) <= 1:
+    todo_steps = {run.spec.run_id: run.steps for run in todo}
+    with StudyProgress(console, title, total=len(runs), done=len(outcomes), todo=todo_steps) as display:
+        if launch is not None:
+            from hopelab.study.launch import launch_jobs
+
+            outcomes.update(launch_jobs(todo, root, launch, display))
+        elif jobs <= 1 or len(todo) <= 1:
             for run in todo:
                 run_id = run.spec.run_id
                 display.step(run_id, None, run.steps, None)
@@ -163,6 +122,14 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
         else:
             _run_pool(todo, root, display, jobs, outcomes)
     return [outcomes[run.spec.run_id] for run in runs]
+
+
+def died(run: PlannedRun, root: Path, why: str) -> RunState:
+    """The outcome of a run whose process died under it (killed, out of memory, a job cancelled), recorded in
+    study.json as crashed: the next invocation resumes it from its last checkpoint."""
+    outcome = RunState(run.spec.run_id, STATUS_FAILED, reason=f"crashed: {why}")
+    record_runs(root, [run_record(run, outcome)])
+    return outcome
 
 
 def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: int, outcomes: dict) -> None:
@@ -186,8 +153,7 @@ def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: 
                 except UserError:
                     raise
                 except Exception as err:  # the worker process itself died (killed, out of memory)
-                    outcome = RunState(run.spec.run_id, STATUS_FAILED, reason=f"crashed: worker died: {err}")
-                    record_runs(root, [run_record(run, outcome)])
+                    outcome = died(run, root, f"worker died: {err}")
                 outcomes[run.spec.run_id] = outcome
                 display.finished(outcome)
     finally:
