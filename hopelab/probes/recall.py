@@ -91,7 +91,7 @@ class RecallProbe(Probe):
         from hopelab.interventions import applies, switched  # imports the models: not at module level
 
         fwd = at.forward()
-        x = at.batch[0].to(fwd.targets.device)
+        x = at.batch[0][:, -fwd.targets.shape[1] :].to(fwd.targets.device)  # a stream's last window
         rows = recall_rows(fwd.logits, fwd.targets, answer_distances(x, fwd.targets))
         if not any(r["metric"] == "answers" and r["value"] < x.numel() for r in rows):
             return rows  # a corpus: every position is an answer, the rows are next-token accuracy
