@@ -127,6 +127,11 @@ class LitLM(pl.LightningModule):
             logits = self.model(x)  # [B, T, V]
         loss = lm_loss(logits, y)
         train_loss = loss.detach()
+        if self.stream.segments > 1:
+            # a window after a stream's first does not reach the memories' initial states (its state is carried
+            # and detached): their gradient is zero, not missing, so AdamW treats every step alike (a missing one
+            # skips the parameter) and DDP's reducer, which expects one for every parameter, agrees with one device
+            loss = loss + sum(0.0 * p.sum() for p in self.model.parameters())
         if self.trainer.world_size > 1:  # the global batch's loss; NaN/inf on any rank stops every rank
             train_loss = self.trainer.strategy.reduce(train_loss, reduce_op="mean")
         if not torch.isfinite(train_loss).item():
