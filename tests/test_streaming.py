@@ -16,6 +16,7 @@ from hopelab.lit.module import LitLM, lm_loss
 from hopelab.lit.stream import CarriedStream, _interleave
 from hopelab.models import build_model
 from hopelab.models.streaming import detach_state, from_tree, read_stream, read_window, to_tree
+from hopelab.probes.forward import run_probe_forward, sites_of
 
 DT = torch.float64
 V = 50
@@ -183,3 +184,17 @@ def test_checkpoint_rows_interleave_as_the_ranks_shard_the_batch():
     world, rows = 2, torch.arange(6.0).view(6, 1)
     gathered = torch.stack([rows[r::world] for r in range(world)])  # [world, b, 1]
     assert torch.equal(_interleave(gathered), rows)
+
+
+def test_probe_forward_reads_a_stream_and_traces_levels_slower_than_a_window():
+    """The probes see the stream's last window (logits, targets, hooks) after the windows before it; the trace
+    covers the whole stream, so level 1 (period 24 = 3 windows) is recorded at its update, token 24."""
+    model = make().eval()
+    x, y = tokens(K=4), tokens(K=4, seed=2)
+    fwd = run_probe_forward(model, sites_of(model), x, y)
+    with torch.no_grad():
+        want = list(read_stream(model, x, T))[-1]
+    assert torch.allclose(fwd.logits, want, atol=1e-12, rtol=0) and torch.equal(fwd.targets, y[:, -T:])
+    assert all(h.shape[1] == T for h in fwd.hooks.values())
+    assert sorted(r.position for r in fwd.records if r.key == "blocks.0.cms.levels.1") == [24]
+    assert max(r.position for r in fwd.records if r.key == "blocks.0.cms.levels.0") == 4 * T
