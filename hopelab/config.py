@@ -102,6 +102,8 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
     optimizer: Literal["adamw", "m3"] = "adamw"  # m3: Algorithm 1 on matrices, AdamW on the rest (hopelab.optim)
+    segments: int = 1  # K > 1: a sample is a stream of K consecutive context windows, one per optimizer step,
+    # every fast state carried from window to window (hopelab.models.streaming); 1: independent windows
     grad_clip: float = 1.0
     ckpt_every: int = 50
     val_batches: int = 8

@@ -112,16 +112,6 @@ def test_streaming_equals_parallel(variant):
         model(x[:, 6:], state=bad)
 
 
-def test_hope_attention_refuses_a_carried_state():
-    """Attention keeps no KV cache: a carried state would silently drop the earlier context."""
-    model = make("hope_attention")
-    x = tokens()
-    _, state = model(x, return_state=True)
-    assert state.blocks[0].mixer is None and state.blocks[0].cms is not None  # the CMS levels' states
-    with pytest.raises(ValueError, match="no attention state"):
-        model(x, state=state)
-
-
 def test_state_does_not_carry_across_calls():
     model = make("hope")
     x = tokens()

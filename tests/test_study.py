@@ -119,8 +119,8 @@ def test_user_study_file_and_its_errors(tmp_path):
     no_study.write_text("X = 1\n")
     with pytest.raises(UserError, match="must define STUDY = Study"):
         load_study(str(no_study))
-    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_periods, lr_sweep, "
-                                        "optimizer, recall, recall_quick, scaling"):
+    with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_levels, cms_periods, "
+                                        "cms_persistent, lr_sweep, optimizer, recall, recall_quick, scaling"):
         load_study("nope")
 
 
@@ -241,8 +241,8 @@ def test_cli_dry_run_shows_state_and_shards(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_periods, lr_sweep, optimizer, "
-                               "recall, recall_quick, scaling, surprise_sweep"),
+        (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_levels, cms_periods, "
+                               "cms_persistent, lr_sweep, optimizer, recall, recall_quick, scaling, surprise_sweep"),
         (["study", "ablation", "--scale", "huge", "--dry-run"], "unknown scale 'huge'; choose one of: tiny, small"),
         (["study", "show", "ablation", "--set", "dimm=3"], "unknown --set key 'dimm'; valid model keys:"),
         (["study", "ablation", "--set", "dim", "--dry-run"], "expected KEY=VALUE"),

@@ -187,16 +187,7 @@ def test_sigkill_midway_then_rerun_with_recompute_matches_uninterrupted(hope_run
     run_dir = make_spec("hope", out, corpus_path).run_dir
     first_ckpt = run_dir / "checkpoints" / "step000005.ckpt"
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first_ckpt.exists(), "the first checkpoint never appeared"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "running"  # killed midway, not after the end
-    assert not (run_dir / "checkpoints" / f"step{STEPS:06d}.ckpt").exists()
+    kill_after(first_ckpt, cmd, env, run_dir)
 
     # the same run again (in this process: it is the same entry point the CLI calls, and saves a start-up),
     # resumed with recomputation on: it changes how the run executes, not what it computes
@@ -211,6 +202,61 @@ def test_sigkill_midway_then_rerun_with_recompute_matches_uninterrupted(hope_run
     assert manifest["final_val_loss"] == ref.final_val_loss  # bit-identical on CPU with the same seed
 
     assert_same_records(run_dir, ref_spec.run_dir, metrics_rel=0.0, probes_rel=1e-6)
+
+
+def kill_after(ckpt: Path, cmd: list[str], env: dict[str, str], run_dir: Path) -> None:
+    """Start the CLI run, SIGKILL it once `ckpt` exists, and check it was killed midway."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ckpt.exists(), "the first checkpoint never appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "running"  # killed midway, not after the end
+    assert not (run_dir / "checkpoints" / f"step{STEPS:06d}.ckpt").exists()
+
+
+@pytest.fixture(scope="module")
+def stream_run(corpus, tmp_path_factory):
+    """An uninterrupted streaming hope run (segments=3): the reference of the streaming resume tests."""
+    corpus_path, cache = corpus
+    spec = make_spec("hope", tmp_path_factory.mktemp("stream"), corpus_path, segments=3)
+    result = train_one(spec, progress=quiet, cache_dir=str(cache))
+    assert result.status == "done"
+    return spec, result
+
+
+def test_streaming_sigkill_inside_a_stream_then_resume_matches_uninterrupted(stream_run, corpus, tmp_path):
+    """segments=3: steps 3, 4, 5 read the windows of one stream, so checkpoint 5 holds the state step 4 left
+    and the resumed run must start step 5 from it; every loss and probe row equals an uninterrupted run's."""
+    corpus_path, cache = corpus
+    ref_spec, ref = stream_run
+    out = tmp_path / "killed"
+    cmd, env = cli_train_command(out, corpus, "--set", "segments=3")
+    run_dir = make_spec("hope", out, corpus_path, segments=3).run_dir
+    kill_after(run_dir / "checkpoints" / "step000005.ckpt", cmd, env, run_dir)
+    rerun = train_one(make_spec("hope", out, corpus_path, segments=3), progress=quiet, cache_dir=str(cache))
+    assert rerun.status == "done", rerun.reason
+    assert rerun.final_val_loss == ref.final_val_loss
+    assert_same_records(run_dir, ref_spec.run_dir, metrics_rel=0.0, probes_rel=1e-6)
+
+
+def test_streaming_under_ddp_killed_inside_a_stream_resumes_like_one_process(stream_run, corpus, tmp_path):
+    """Two DDP processes each carry their rows of the streams; checkpoint 5 gathers them in global row order and
+    each rank takes its own back on resume: the run matches the one-process streaming run."""
+    ref_spec, ref = stream_run
+    out = tmp_path / "ddp"
+    cmd, env = cli_train_command(out, corpus, "--set", "segments=3", "--devices", "2", "--strategy", "ddp")
+    run_dir = make_spec("hope", out, corpus[0], segments=3).run_dir
+    kill_after(run_dir / "checkpoints" / "step000005.ckpt", cmd, env, run_dir)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["attempts"][-1]["from_step"] >= 5
+    assert manifest["final_val_loss"] == pytest.approx(ref.final_val_loss, rel=1e-5)
+    assert_same_records(run_dir, ref_spec.run_dir, metrics_rel=1e-5, probes_rel=1e-4)
 
 
 def cli_train_command(out: Path, corpus, *extra: str) -> tuple[list[str], dict[str, str]]:

@@ -59,3 +59,24 @@ class BatchSampler:
         so every run and every checkpoint is scored on the same text."""
         starts = np.linspace(0, self.n_starts - 1, num=n * self.batch_size).round().astype(np.int64)
         return [self._windows(s) for s in starts.reshape(n, self.batch_size)]
+
+
+class StreamSampler:
+    """Streams of `segments` consecutive windows, one window per step (streaming training, `segments` = K):
+    batch(step) is window step % K of the B streams `streams.batch(step // K)` ([B, K·T] each), so a stream is
+    read over K consecutive steps and, like BatchSampler, every batch is a pure function of (seed, step)."""
+
+    def __init__(self, streams: BatchSampler, context_len: int, segments: int) -> None:
+        self.streams = streams  # draws windows of K·T tokens: one stream per row
+        self.context_len = context_len
+        self.segments = segments
+        self._cached: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # the current streams
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) [B, T]: window `step % K` of stream group `step // K`."""
+        group, window = divmod(step, self.segments)
+        if self._cached is None or self._cached[0] != group:
+            self._cached = (group, self.streams.batch(group))
+        x, y = self._cached[1]  # [B, K·T] each
+        cut = slice(window * self.context_len, (window + 1) * self.context_len)
+        return x[:, cut].contiguous(), y[:, cut].contiguous()

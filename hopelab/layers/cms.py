@@ -30,18 +30,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import CMSObjective, ModelConfig
-from hopelab.layers.fast_memory import DEFAULT_EXECUTION, Execution, FastMemory, Record, init_projection
+from hopelab.layers.fast_memory import (
+    DEFAULT_EXECUTION,
+    Execution,
+    FastMemory,
+    Record,
+    _recorder,
+    init_projection,
+)
 from hopelab.layers.hooks import HookPoint
-from hopelab.ops.cms import cms_level, cms_level_reference, step_length
+from hopelab.ops.cms import block_grad_sums, cms_level, cms_level_reference, read_block, step_length
 
 
 @dataclass
 class CMSLevelState:
     """Where a CMS level stands in a sequence; carried across calls when streaming."""
 
-    up: torch.Tensor  # [B, h, D]   W_up
-    down: torch.Tensor  # [B, D, h]   W_down
+    up: torch.Tensor  # [B, h, D]   W_up at the start of the current block
+    down: torch.Tensor  # [B, D, h]   W_down at the start of the current block
     pos: int  # tokens consumed
+    # Σ ∇W_up, Σ ∇W_down over the tokens of the current block read so far ([B, h, D], [B, D, h]); None at a
+    # block boundary. A stream whose calls end inside a block (periods longer than a call) carries them, so
+    # the block's update (Eq 71), once its last token arrives, sums the gradients of all of its tokens.
+    acc: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class CMSLevel(FastMemory):
@@ -85,24 +96,70 @@ class CMSLevel(FastMemory):
         return state.up, state.down
 
     def forward(self, x: torch.Tensor, state: CMSLevelState | None = None):
-        """x [B, T, D] -> (branch [B, T, D], the state after it)."""
+        """x [B, T, D] -> (branch [B, T, D], the state after it). A state inside a block (a stream read in calls
+        that are not multiples of the period) first finishes that block, then the rest runs block-aligned."""
         state = state if state is not None else self.initial_state(x.shape[0])
         values = self.W_value(x)  # [B, T, D]
+        keys = self.W_key(x) if self.objective == "kv" else None  # [B, T, D]; None: the inner loss at x
         lr = F.softplus(self.lr_raw)
         intervention = self.execution.intervention
         if intervention.freezes("cms"):  # no write: the in-context learning rate masked to 0 (Eq 71)
             lr = torch.zeros_like(lr)
+        up, down, acc, pos = state.up, state.down, state.acc, state.pos
+        head = min(self.period - pos % self.period, x.shape[1]) if pos % self.period else 0
+        branches = []
+        if head:
+            if intervention.reset_every is not None:
+                raise ValueError("reset_every needs a CMS state at a block boundary")
+            head_keys = None if keys is None else keys[:, :head]
+            branch, (up, down), acc = self._continue_block(x[:, :head], values[:, :head], head_keys, up, down, acc,
+                                                           lr, pos)
+            branches.append(branch)
+            x, values = x[:, head:], values[:, head:]
+            keys = None if keys is None else keys[:, head:]
+        if x.shape[1]:
+            branch, (up, down) = self._aligned(x, values, keys, up, down, lr, pos + head)
+            branches.append(branch)
+            tail = x.shape[1] % self.period
+            if tail:  # the stream ends inside a block: carry its gradients so far
+                at = (x if keys is None else keys)[:, -tail:]
+                acc = block_grad_sums(at, values[:, -tail:], up, down, self.b_up, self.b_down, self.first_order)
+        branch = branches[0] if len(branches) == 1 else torch.cat(branches, dim=1)
+        return self.hook_out(branch), CMSLevelState(up, down, pos + head + x.shape[1], acc)
+
+    def _aligned(self, x, values, keys, up, down, lr, pos: int):
+        """The tokens from a block boundary on, in steps of whole blocks -> (branch [B, T, D], the weights
+        after the last complete block)."""
         S = self.chunk_tokens
-        reset = intervention.reset_every
+        reset = self.execution.intervention.reset_every
         if reset is not None and reset < S:  # steps of R tokens, so a reset falls between steps
             if reset % self.period and self.period % reset:
                 raise ValueError(f"reset_every={reset} and the CMS period {self.period} must divide one another")
             S = reset
         chunks = [(xs.shape[1], (xs, vs, lr)) for xs, vs in zip(x.split(S, dim=1), values.split(S, dim=1))]
-        if self.objective == "kv":  # the keys ride along as the step's last argument
-            chunks = [(n, (*args, ks)) for (n, args), ks in zip(chunks, self.W_key(x).split(S, dim=1))]
-        branches, (up, down) = self.run_chunks((state.up, state.down), chunks, state.pos)
-        return self.hook_out(torch.cat(branches, dim=1)), CMSLevelState(up, down, state.pos + x.shape[1])
+        if keys is not None:  # the keys ride along as the step's last argument
+            chunks = [(n, (*args, ks)) for (n, args), ks in zip(chunks, keys.split(S, dim=1))]
+        branches, carry = self.run_chunks((up, down), chunks, pos)
+        return torch.cat(branches, dim=1), carry
+
+    def _continue_block(self, x, values, keys, up, down, acc, lr, pos: int):
+        """The next tokens of the block a stream stands in: read at the block-start weights, their gradients
+        added to the carried ones; the update applied if they complete the block (Eq 71, η/C as in ops.cms).
+        -> (branch [B, n, D], (W_up, W_down), the carried gradient sums or None)"""
+        branch = read_block(x, up, down, self.b_up, self.b_down)  # [B, n, D]
+        g_up, g_down = block_grad_sums(x if keys is None else keys, values, up, down, self.b_up, self.b_down,
+                                       self.first_order)
+        if acc is not None:
+            g_up, g_down = acc[0] + g_up, acc[1] + g_down
+        n = x.shape[1]
+        if (pos + n) % self.period:
+            return branch, (up, down), (g_up, g_down)
+        step_size = lr / self.period
+        up, down = up - step_size * g_up, down - step_size * g_down
+        record = _recorder(self, pos)
+        if record is not None:
+            record(0, n, (up, down))
+        return branch, (up, down), None
 
     def step(self, carry, x, values, lr, keys=None, record: Record | None = None):
         """A few whole blocks (Eq 71). carry: (W_up [B, h, D], W_down [B, D, h]); x, values [B, S, D]; keys

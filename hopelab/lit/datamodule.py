@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from hopelab.data.sampler import StreamSampler
 from hopelab.errors import UserError
 
 
@@ -37,6 +38,17 @@ class StepBatches(IterableDataset):
             step += 1
 
 
+def check_segments(segments: int, data) -> int:
+    """`segments` if streaming applies to `data`: a corpus, K >= 1."""
+    from hopelab.data.synthetic import SyntheticData
+
+    if segments < 1:
+        raise UserError(f"segments must be >= 1, got {segments}")
+    if segments > 1 and isinstance(data, SyntheticData):  # one task instance per sample: nothing to stream
+        raise UserError("segments > 1 streams a corpus; a synthetic task has one sequence per sample")
+    return segments
+
+
 def _identity(batch):
     return batch
 
@@ -45,17 +57,24 @@ class StepDataModule(pl.LightningDataModule):
     """Train batches from `data.sampler("train", ...)` (a corpus or a synthetic task); val and probe batches
     are fixed lists."""
 
-    def __init__(self, data, context_len: int, batch_size: int, seed: int, val_batches: int, probe_seed: int):
+    def __init__(self, data, context_len: int, batch_size: int, seed: int, val_batches: int, probe_seed: int,
+                 segments: int = 1):
         super().__init__()
         from hopelab.interventions import probe_set
 
         self.data = data
         self.batch_size = batch_size
+        # segments K > 1 (streaming): train on window step % K of streams of K windows; val and probe batches
+        # are whole streams [B, K·T], read window by window (hopelab.models.streaming)
+        span = context_len * check_segments(segments, data)
         self.train_sampler = data.sampler("train", context_len, batch_size, seed)
+        if segments > 1:
+            self.train_sampler = StreamSampler(data.sampler("train", span, batch_size, seed), context_len, segments)
         # fixed held-out batches: the same for every variant and every seed of a study
-        self.val = data.sampler("val", context_len, batch_size, 0).val_batches(val_batches)
-        self.probe = data.sampler("val", context_len, batch_size, probe_seed).batch(0)
-        self.probe_set = probe_set(data, context_len, probe_seed)  # the intervene probe's sequences
+        self.val = data.sampler("val", span, batch_size, 0).val_batches(val_batches)
+        self.probe = data.sampler("val", span, batch_size, probe_seed).batch(0)
+        # the intervene probe's sequences: single windows, each read from a fresh state even when streaming
+        self.probe_set = probe_set(data, context_len, probe_seed)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

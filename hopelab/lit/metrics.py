@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 
 from hopelab.lit.module import NonFiniteError, lm_loss, lr_factor
 from hopelab.lit.trainer import Schedule
+from hopelab.models.streaming import read_stream
 from hopelab.probes.base import RunLabels
 from hopelab.probes.forward import eval_mode, forward_context
 from hopelab.records import METRICS_SCHEMA, rows_to_table, write_parquet_atomic
@@ -30,11 +31,18 @@ StepFn = Callable[[int, int, float], None]
 
 
 def evaluate(model: torch.nn.Module, batches, device: torch.device | str, trainer: pl.Trainer | None = None) -> float:
-    """Mean cross-entropy over fixed (x, y) batches, eval mode, no grad."""
+    """Mean cross-entropy over fixed (x, y) batches, eval mode, no grad. Batches longer than the context are
+    streams (`segments` > 1): read window by window with the fast state carried, the mean over every window."""
+    context = model.config.context_len
     total = torch.zeros((), device=device)
     with eval_mode(model), forward_context(trainer):
         for x, y in batches:
-            total += lm_loss(model(x.to(device)), y.to(device))
+            x, y = x.to(device), y.to(device)
+            if x.shape[1] <= context:
+                total += lm_loss(model(x), y)
+                continue
+            losses = [lm_loss(logits, yw) for logits, yw in zip(read_stream(model, x, context), y.split(context, 1))]
+            total += torch.stack(losses).mean()
     return float(total) / max(1, len(batches))
 
 

@@ -19,7 +19,10 @@ from torch import nn
 
 from hopelab.config import ModelConfig, TrainConfig
 from hopelab.data.synthetic import IGNORE_INDEX
+from hopelab.errors import UserError
+from hopelab.lit.stream import CarriedStream
 from hopelab.models import DEFAULT_EXECUTION, Execution, build_model
+from hopelab.models.streaming import read_window
 from hopelab.optim import M3
 
 
@@ -103,6 +106,11 @@ class LitLM(pl.LightningModule):
         self.run_config = run_config or {}
         self.model = build_model(variant, model_cfg, execution)
         self.last_grad_norm: torch.Tensor | None = None  # total grad norm before clipping
+        self.stream = CarriedStream(train_cfg.segments)  # the fast state carried between steps when streaming
+        align = getattr(self.model, "stream_alignment", 1)
+        if train_cfg.segments > 1 and model_cfg.context_len % align:
+            raise UserError(f"segments > 1 streams whole chunks: context_len {model_cfg.context_len} must be a "
+                            f"multiple of chunk_size {align}")
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -111,9 +119,19 @@ class LitLM(pl.LightningModule):
         step, x, y = batch
         if int(step) != self.global_step:  # batches are a pure function of the step: resume must line up
             raise RuntimeError(f"data step {int(step)} does not match the optimizer step {self.global_step}")
-        logits = self.model(x)  # [B, T, V]
+        if self.stream.segments > 1:  # window step % K of a stream, from the state the previous step left
+            state = self.stream.take(int(step), self.trainer.global_rank, self.trainer.world_size, x.device)
+            logits, new_state = read_window(self.model, x, state)  # [B, T, V]
+            self.stream.put(int(step), new_state)
+        else:
+            logits = self.model(x)  # [B, T, V]
         loss = lm_loss(logits, y)
         train_loss = loss.detach()
+        if self.stream.segments > 1:
+            # a window after a stream's first does not reach the memories' initial states (its state is carried
+            # and detached): their gradient is zero, not missing, so AdamW treats every step alike (a missing one
+            # skips the parameter) and DDP's reducer, which expects one for every parameter, agrees with one device
+            loss = loss + sum(0.0 * p.sum() for p in self.model.parameters())
         if self.trainer.world_size > 1:  # the global batch's loss; NaN/inf on any rank stops every rank
             train_loss = self.trainer.strategy.reduce(train_loss, reduce_op="mean")
         if not torch.isfinite(train_loss).item():
@@ -138,8 +156,12 @@ class LitLM(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["hopelab"] = {"config": self.run_config, "variant": self.variant, "rng": rng_state()}
+        if self.stream.segments > 1:  # every rank takes part: the state's rows are gathered across devices
+            checkpoint["hopelab"]["stream"] = self.stream.state_dict(self.trainer.strategy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hopelab", {})
         if "rng" in saved:
             set_rng_state(saved["rng"])
+        if "stream" in saved:
+            self.stream.load_state_dict(saved["stream"])

@@ -8,8 +8,10 @@ when both have a CMS".
 Choices the paper leaves open:
 - No positional embedding (like HOPE's MemoryLM): order comes from the causal mask alone ("NoPE"), so the only
   difference from HOPE is the mixer. HOPE itself gets order from its conv and recurrence.
-- Attention keeps no state across calls: a forward sees the whole context (no KV cache), so the model refuses
-  a carried `state=` as the Transformer does; `return_state=True` still returns the CMS levels' states.
+- Attention keeps no state across calls (no KV cache): a forward's attention sees that call's tokens only. A
+  carried `state=` (streaming training, `--set segments=K`) carries the CMS levels alone, so attention reads
+  one context window while the CMS persists over the stream, as the paper pairs a fixed attention window with
+  slow CMS levels. Streaming therefore does not equal one pass over the concatenation for this variant.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from hopelab.config import ModelConfig
 from hopelab.layers.fast_memory import DEFAULT_EXECUTION, Execution, init_projection, residual_std
-from hopelab.models.memory_lm import MemoryLM, MemoryLMState
+from hopelab.models.memory_lm import MemoryLM
 from hopelab.models.transformer import CausalSelfAttention
 
 
@@ -43,8 +45,3 @@ class HopeAttentionLM(MemoryLM):
 
     def __init__(self, cfg: ModelConfig, execution: Execution = DEFAULT_EXECUTION) -> None:
         super().__init__(cfg, AttentionMixer, cfg.use_cms, execution)
-
-    def forward(self, tokens: torch.Tensor, state: MemoryLMState | None = None, return_state: bool = False):
-        if state is not None:
-            raise ValueError("hope_attention keeps no attention state across calls; pass the whole context")
-        return super().forward(tokens, None, return_state)

@@ -5,7 +5,7 @@ mixer.
 
 Memory state never carries across calls unless the caller passes it (`state=`); streaming segment by
 segment with carried state equals one parallel pass when every segment but the last is a multiple of
-`stream_alignment` tokens (the chunk size and the CMS periods).
+`stream_alignment` tokens (the chunk size of SR-Titans or Titans; 1 for attention).
 """
 
 from __future__ import annotations
@@ -97,8 +97,10 @@ class MemoryLM(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.reset_parameters()
-        periods = cfg.cms_periods if use_cms else ()
-        self.stream_alignment = math.lcm(cfg.chunk_size, *periods)
+        # SR-Titans and Titans run whole chunks from a chunk-start state; a CMS level carries an unfinished
+        # block's gradients (hopelab.layers.cms), so its period does not constrain where a segment ends
+        mixers = [b.mixer for b in self.blocks if isinstance(b.mixer, FastMemory)]
+        self.stream_alignment = math.lcm(*(m.chunk_tokens for m in mixers))
 
     def reset_parameters(self) -> None:
         """GPT-2's init of the embedding and every block's projections, once every module exists (modules
@@ -128,7 +130,7 @@ class MemoryLM(nn.Module):
         if state is not None and state.pos % self.stream_alignment:
             raise ValueError(
                 f"streaming: every segment but the last must be a multiple of {self.stream_alignment} tokens "
-                f"(chunk size and CMS periods); the state is at position {state.pos}"
+                f"(the chunk size); the state is at position {state.pos}"
             )
         block_states = state.blocks if state is not None else [None] * len(self.blocks)
         x = self.wte(tokens)  # [B, T, D]

@@ -125,6 +125,21 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
     return torch.cat(outs, dim=1), new_state
 
 
+def read_block(x, up, down, b_up, b_down):
+    """x [B, n, D] read at one state of the level's fast weights -> branch [B, n, D]."""
+    return _branch(x, up, down, b_up, b_down)[0]
+
+
+def block_grad_sums(keys, values, up, down, b_up, b_down, first_order: bool = False):
+    """Σ over the tokens of an incomplete block of ∇W_up, ∇W_down of ½‖f(k_t) − v_t‖², at the block-start
+    weights (Eq 71): what a stream carries from one call to the next until the block completes. keys, values
+    [B, n, D] -> ([B, h, D], [B, D, h])."""
+    branch, pre, hidden = _branch(keys, up, down, b_up, b_down)
+    g_up, g_down = _block_grads(keys, values, branch, pre, hidden, down, first_order)  # means over n
+    n = keys.shape[-2]
+    return g_up * n, g_down * n
+
+
 STEP_TOKENS = 32  # a level's step: the fewest whole blocks that cover this many tokens
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from hopelab.layers.hooks import attach_hooks
 from hopelab.models import trace_fast_states
 from hopelab.models.sites import MemorySite
+from hopelab.models.streaming import read_window
 from hopelab.probes.measure import rel_drift_per_sample, tensors_norm
 
 # the hook points the probes read, by site kind: f"{site.name}.{point}"
@@ -101,26 +102,44 @@ class ProbeForward:
     trace_error: str | None = None
 
 
+def read_probe_batch(model: nn.Module, x: torch.Tensor, hooks: HookCalls) -> torch.Tensor:
+    """x [B, T] -> logits [B, T, V]. A stream x [B, K·T] (`segments` K > 1) is read window by window with the
+    fast state carried (hopelab.models.streaming) -> the last window's logits [B, T, V], `hooks` keeping that
+    window's calls only: the probes read the window whose state the K − 1 before it have shaped."""
+    context = model.config.context_len
+    if x.shape[1] <= context:
+        return model(x)
+    *first, last = x.split(context, dim=1)
+    state = None
+    for window in first:
+        _, state = read_window(model, window, state)
+    hooks.calls.clear()
+    return read_window(model, last, state)[0]
+
+
 def run_probe_forward(
     model: nn.Module, sites: list[MemorySite], x: torch.Tensor, y: torch.Tensor, trainer: pl.Trainer | None = None
 ) -> ProbeForward:
-    """x, y [B, T] -> the forward the probes read. Tracing is optional: if it fails, a plain forward."""
+    """x, y [B, T] -> the forward the probes read. Tracing is optional: if it fails, a plain forward. Of a stream
+    [B, K·T] the probes see the last window (logits, targets, hooks); the trace covers the whole stream, at
+    positions counted from its start, so CMS levels with periods up to K·T show their updates."""
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
+    y = y[:, -model.config.context_len :]  # [B, T]: the (last) window the logits are of
     hooks = HookCalls()
     points = [f"{site.name}.{point}" for site in sites for point in SITE_HOOKS.get(site.kind, ())]
     with eval_mode(model), forward_context(trainer), attach_hooks(model, {p: hooks.keep for p in points}):
         if not sites:  # nothing to trace
-            return ProbeForward(model(x).detach(), y, hooks.tensors(), [])
+            return ProbeForward(read_probe_batch(model, x, hooks).detach(), y, hooks.tensors(), [])
         try:
             metas = model.initial_states()
             with trace_fast_states(model) as trace:
                 trace.records = DriftRecords(metas)
-                logits = model(x)  # [B, T, V]
+                logits = read_probe_batch(model, x, hooks)  # [B, T, V]
             return ProbeForward(logits.detach(), y, hooks.tensors(), [to_drift(r, metas) for r in trace.records])
         except Exception as err:  # noqa: BLE001 - tracing is optional; fall back to a plain forward
             hooks.calls.clear()
-            logits = model(x)  # [B, T, V]
+            logits = read_probe_batch(model, x, hooks)  # [B, T, V]
             return ProbeForward(logits.detach(), y, hooks.tensors(), [], f"trace_fast_states failed: {err!r}")
 
 

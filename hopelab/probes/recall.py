@@ -28,7 +28,7 @@ from torch import nn
 
 from hopelab.data.synthetic import IGNORE_INDEX
 from hopelab.probes.base import Probe
-from hopelab.probes.forward import ProbeStep, eval_mode
+from hopelab.probes.forward import HookCalls, ProbeStep, eval_mode, read_probe_batch
 
 WRITE_SWITCHES = ("selfmod_writes_off", "cms_writes_off", "all_writes_off")
 
@@ -75,12 +75,15 @@ def recall_rows(logits: torch.Tensor, y: torch.Tensor, distances: torch.Tensor) 
 
 
 def recall_accuracy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> list[dict[str, Any]]:
-    """The recall rows of `model` on `batch` (x, y [B, T]), from a forward of its own in eval mode."""
+    """The recall rows of `model` on `batch` (x, y [B, T]), from a forward of its own in eval mode; of a stream
+    [B, K·T], its last window's, read as the probe forward reads it."""
     x, y = batch
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     with eval_mode(model):
-        logits = model(x)  # [B, T, V]
+        logits = read_probe_batch(model, x, HookCalls())  # [B, T, V]
+    T = logits.shape[1]
+    x, y = x[:, -T:], y[:, -T:]  # [B, T]
     return recall_rows(logits, y, answer_distances(x, y))
 
 
@@ -91,7 +94,7 @@ class RecallProbe(Probe):
         from hopelab.interventions import applies, switched  # imports the models: not at module level
 
         fwd = at.forward()
-        x = at.batch[0].to(fwd.targets.device)
+        x = at.batch[0][:, -fwd.targets.shape[1] :].to(fwd.targets.device)  # a stream's last window
         rows = recall_rows(fwd.logits, fwd.targets, answer_distances(x, fwd.targets))
         if not any(r["metric"] == "answers" and r["value"] < x.numel() for r in rows):
             return rows  # a corpus: every position is an answer, the rows are next-token accuracy

@@ -62,7 +62,8 @@ def train_one(spec: RunSpec, progress: ProgressFn | None = None, cache_dir: str 
     resume_step = ckpt[0] if ckpt else 0
 
     dm = StepDataModule(
-        data, model_cfg.context_len, train_cfg.batch_size, spec.seed, train_cfg.val_batches, train_cfg.probe_seed
+        data, model_cfg.context_len, train_cfg.batch_size, spec.seed, train_cfg.val_batches, train_cfg.probe_seed,
+        train_cfg.segments,
     )
     schedule = Schedule(train_cfg.ckpt_every, train_cfg.steps)
     labels = RunLabels(spec.run_id, spec.study, spec.variant, spec.scale, spec.seed,
