@@ -20,7 +20,16 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from hopelab.cli.options import CompileOpt, RecomputeOpt, SeedsOpt, StepsOpt, StudyNameArg, StudyScalesOpt, StudySetOpt
+from hopelab.cli.options import (
+    CompileOpt,
+    CudaGraphsOpt,
+    RecomputeOpt,
+    SeedsOpt,
+    StepsOpt,
+    StudyNameArg,
+    StudyScalesOpt,
+    StudySetOpt,
+)
 from hopelab.config import parse_set_options
 from hopelab.data.synthetic import is_synthetic
 from hopelab.errors import CommandFailed, UserError
@@ -68,6 +77,7 @@ def _plan(
     precision: str | None = None,
     compile_: bool = False,
     recompute: bool = False,
+    cudagraphs: bool = False,
 ) -> tuple[LoadedStudy, list[PlannedRun]]:
     loaded = load_study(name)
     runs = plan_runs(
@@ -83,6 +93,7 @@ def _plan(
         precision=precision,
         compile=compile_,
         recompute=recompute,
+        cudagraphs=cudagraphs,
     )
     return loaded, runs
 
@@ -199,6 +210,7 @@ def run_cmd(
     precision: Annotated[str | None, typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
     compile_: CompileOpt = False,
     recompute: RecomputeOpt = False,
+    cudagraphs: CudaGraphsOpt = False,
     shard: Annotated[
         str | None, typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
@@ -222,8 +234,12 @@ def run_cmd(
     if data is not None and not is_synthetic(data) and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
     parse_shard(shard)
+    if cudagraphs:
+        from hopelab.models.cudagraphs import check_cudagraphs
+
+        check_cudagraphs(accelerator, compile_)
     loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_,
-                         recompute)
+                         recompute, cudagraphs)
     mine = shard_runs(runs, shard)
     for run in mine:  # before anything starts: a finished run with other settings is not this request
         check_same_config(run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -103,6 +103,9 @@ class LitLM(pl.LightningModule):
         self.run_config = run_config or {}
         self.model = build_model(variant, model_cfg, execution)
         self.last_grad_norm: torch.Tensor | None = None  # total grad norm before clipping
+        # what training_step runs the model with: None, the model itself; or its whole-model compile
+        # (hopelab.models.cudagraphs.compile_whole, --cudagraphs): a function, so not a second submodule
+        self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -111,7 +114,7 @@ class LitLM(pl.LightningModule):
         step, x, y = batch
         if int(step) != self.global_step:  # batches are a pure function of the step: resume must line up
             raise RuntimeError(f"data step {int(step)} does not match the optimizer step {self.global_step}")
-        logits = self.model(x)  # [B, T, V]
+        logits = (self.compiled_forward or self.model)(x)  # [B, T, V]
         loss = lm_loss(logits, y)
         train_loss = loss.detach()
         if self.trainer.world_size > 1:  # the global batch's loss; NaN/inf on any rank stops every rank

@@ -33,6 +33,7 @@ class RunSpec:
     probes: bool = True
     compile: bool = False  # how the run executes, not what it computes (hopelab.models.Execution)
     recompute: bool = False  # likewise
+    cudagraphs: bool = False  # likewise: the training step's forward compiled whole and replayed as CUDA graphs
 
     @property
     def run_name(self) -> str:

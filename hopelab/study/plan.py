@@ -57,6 +57,7 @@ def plan_runs(
     precision: str | None = None,
     compile: bool = False,
     recompute: bool = False,
+    cudagraphs: bool = False,
 ) -> list[PlannedRun]:
     """Every run of the study, in a fixed order: scale, then cell (definition order), then seed.
 
@@ -104,6 +105,7 @@ def plan_runs(
                     precision=precision,
                     compile=compile,
                     recompute=recompute,
+                    cudagraphs=cudagraphs,
                 )
                 runs.append(
                     PlannedRun(
