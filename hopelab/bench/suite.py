@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from hopelab.bench.report import write_bench_report
-from hopelab.bench.timing import COMPILED, CUDAGRAPHS, audit_wall_time, chunked_vs_reference, train_step_timings
+from hopelab.bench.timing import COMPILED, WHOLE_MODEL, audit_wall_time, chunked_vs_reference, train_step_timings
 from hopelab.config import get_scale
 
 
@@ -31,7 +31,7 @@ def _train_step_rows(timings: dict[str, dict], tokens: int) -> list[tuple]:
                  ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes"),
                  ("train_step", v, "matmul_flops", t["matmul_flops"], "FLOP"),
                  ("train_step", v, "matmul_flops_per_s", t["matmul_flops"] / med, "FLOP/s")]
-        if v.endswith(COMPILED) or v.endswith(CUDAGRAPHS):
+        if v.endswith((COMPILED, *WHOLE_MODEL)):
             rows.append(("compile", v, "first_step_s", t["first_step_s"], "s"))
         if t["cuda_peak_bytes"] is not None:
             rows.append(("memory", v, "cuda_step_peak_allocated", t["cuda_peak_bytes"], "bytes"))

@@ -20,6 +20,8 @@ from hopelab.models import Execution, build_model, count_parameters
 COMPILED = "+compile"  # suffix: built with Execution(compile=True), its fast-memory steps compiled
 RECOMPUTED = "+recompute"  # suffix: built with Execution(recompute=True), those steps recomputed in backward
 CUDAGRAPHS = "+cudagraphs"  # suffix (any variant, CUDA only): the whole model compiled, replayed as CUDA graphs
+CAPTURED = "+captured"  # suffix (any variant, CUDA only): the eager model captured as CUDA graphs, not compiled
+WHOLE_MODEL = (CUDAGRAPHS, CAPTURED)  # the suffixes that take the whole model, and no other suffix
 
 
 @contextmanager
@@ -56,9 +58,10 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     code uncompiled.
     "hope+recompute" is hope built with `Execution(recompute=True)`, counted as it runs (its FLOPs include the
     recomputation). "hope+cudagraphs" (any variant) runs the whole model compiled (compile_whole, CUDA graphs),
-    first step timed apart. On CUDA, cuda_peak_bytes is the most memory allocated during the first timed step:
-    parameters, gradients, optimizer state and activations (a CUDA graph's pool included); else None."""
-    from hopelab.models.cudagraphs import compile_whole
+    first step timed apart; "+captured" captures the eager model (capture_whole), no compile. On CUDA,
+    cuda_peak_bytes is the most memory allocated during the first timed step: parameters, gradients, optimizer
+    state and activations (a CUDA graph's pool included); else None."""
+    from hopelab.models.cudagraphs import capture_whole, compile_whole
 
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
@@ -67,8 +70,8 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     setups = {}
     for v in variants:
         torch.manual_seed(0)
-        compiled, graphed = v.endswith(COMPILED), v.endswith(CUDAGRAPHS)
-        name = v.removesuffix(CUDAGRAPHS).removesuffix(COMPILED).removesuffix(RECOMPUTED)
+        compiled, graphed, captured = v.endswith(COMPILED), v.endswith(CUDAGRAPHS), v.endswith(CAPTURED)
+        name = v.removesuffix(CUDAGRAPHS).removesuffix(CAPTURED).removesuffix(COMPILED).removesuffix(RECOMPUTED)
         model = build_model(name, scale, Execution(recompute=v.endswith(RECOMPUTED))).to(device)
         with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
             with count_saved_activations() as saved:
@@ -79,9 +82,9 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
             twin = build_model(name, scale, Execution(compile=True)).to(device)
             twin.load_state_dict(model.state_dict())
             model = twin
-        forward = compile_whole(model) if graphed else model
         _sync(device)
         t0 = time.perf_counter()
+        forward = compile_whole(model) if graphed else capture_whole(model, x[:, :-1]) if captured else model
         if compiled or graphed:
             _loss(forward, x).backward()  # traces and compiles
         _sync(device)

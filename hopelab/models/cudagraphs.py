@@ -22,11 +22,13 @@ from hopelab.errors import UserError
 CUDAGRAPHS_MODE = "reduce-overhead"  # torch.compile's mode that replays the compiled graphs as CUDA graphs
 
 
-def compile_whole(model: nn.Module, mode: str = CUDAGRAPHS_MODE) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_whole(model: nn.Module, mode: str | None = CUDAGRAPHS_MODE,
+                  backend: str = "inductor") -> Callable[[torch.Tensor], torch.Tensor]:
     """tokens [B, T] -> logits [B, T, V], the whole model one graph (fullgraph: a graph break is an error, not a
     silent split into many graphs). Every call is a new training step: CUDA graph outputs of the previous call
-    may be overwritten, so keep none of them across calls (the loss computed from the logits is a fresh tensor)."""
-    compiled = torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
+    may be overwritten, so keep none of them across calls (the loss computed from the logits is a fresh tensor).
+    `backend` "aot_eager" (tests): the same trace and AOTAutograd backward, run by eager kernels (mode None)."""
+    compiled = torch.compile(model, mode=mode, backend=backend, fullgraph=True, dynamic=False)
     replays = mode == CUDAGRAPHS_MODE
 
     def forward(tokens: torch.Tensor) -> torch.Tensor:
@@ -35,6 +37,15 @@ def compile_whole(model: nn.Module, mode: str = CUDAGRAPHS_MODE) -> Callable[[to
         return compiled(tokens)
 
     return forward
+
+
+def capture_whole(model: nn.Module, tokens: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eager forward and backward captured as two CUDA graphs, without compiling (torch.cuda.
+    make_graphed_callables): what replaying alone gains, in seconds where compiling the whole model takes
+    minutes. `tokens` [B, T] on the device fixes the shapes; later tokens are copied into its buffer. The model's
+    own forward is replaced: give it a model of its own. For measuring (`hopelab bench`, variant+captured)."""
+    model.train()
+    return torch.cuda.make_graphed_callables(model, (tokens,), allow_unused_input=True)
 
 
 def check_cudagraphs(accelerator: str, compile: bool = False) -> None:
