@@ -105,6 +105,7 @@ def test_the_whole_model_compiled_matches_eager_in_outputs_and_every_gradient():
     forward = compile_whole(twin, mode=None, backend="aot_eager")
     gen = torch.Generator().manual_seed(1)
     torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # process-wide: other tests compile too
     for _ in range(2):  # the second call reuses the graph, with the updated weights
         tokens = torch.randint(0, CFG.vocab_size, (3, CFG.context_len), generator=gen)
         out = {}
@@ -123,7 +124,7 @@ def test_the_whole_model_compiled_matches_eager_in_outputs_and_every_gradient():
             for p, q in zip(eager.parameters(), twin.parameters()):
                 p -= 0.1 * p.grad
                 q -= 0.1 * q.grad
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph, compiled once
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1  # one graph, compiled once
 
 
 def test_cudagraphs_is_refused_without_cuda(monkeypatch):
@@ -209,39 +210,3 @@ def test_captured_step_matches_eager():
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=n)
 
-
-@pytest.mark.slow
-def test_a_cudagraphs_run_trains_through_the_compiled_forward(tmp_path, monkeypatch):
-    """`hopelab train --cudagraphs` on CPU, with the CUDA check lifted and the compile run by aot_eager: every
-    training step goes through the whole-model compile, with the eager run's losses, and the manifest says so."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from hopelab.run import RunSpec, parse_overrides, train_one, training
-
-    calls = []
-
-    def counted(model):
-        forward = compile_whole(model, mode=None, backend="aot_eager")
-        return lambda tokens: calls.append(tokens.shape) or forward(tokens)
-
-    monkeypatch.setattr(training, "check_cudagraphs", lambda *a: None)
-    monkeypatch.setattr(training, "compile_whole", counted)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"the {i % 7} of a {i % 5} and the {i % 3} was" * 12 for i in range(30)))
-    settings = {"dim": 16, "n_layers": 1, "n_heads": 2, "chunk_size": 16, "cms_periods": "8,16", "context_len": 32,
-                "vocab_size": 300, "batch_size": 2, "ckpt_every": 3, "val_batches": 1}
-    model_over, train_over = parse_overrides([f"{k}={v}" for k, v in settings.items()])
-    losses = {}
-    for graphs in (False, True):
-        spec = RunSpec(variant="hope", scale="tiny", steps=3, data=str(corpus), out=str(tmp_path / f"g{graphs}"),
-                       model_overrides=model_over, train_overrides=train_over, accelerator="cpu", probes=False,
-                       cudagraphs=graphs)
-        result = train_one(spec, progress=lambda *a: None, cache_dir=str(tmp_path / "cache"))
-        assert result.status == "done", result.reason
-        assert json.loads((spec.run_dir / "manifest.json").read_text())["hardware"]["cudagraphs"] is graphs
-        m = pq.read_table(spec.run_dir / "metrics.parquet").to_pandas()
-        losses[graphs] = m[m.metric == "train_loss"].sort_values("step").value.to_numpy()
-    assert len(calls) == 3  # the three training steps; validation and the final evaluation run eager
-    assert abs(losses[True] - losses[False]).max() < 1e-4 * abs(losses[False]).max(), losses
