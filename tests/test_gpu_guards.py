@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -28,7 +29,8 @@ SYNC_OPS = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.nonze
 
 
 class OpAudit(TorchDispatchMode):
-    """Every op run inside: the host-syncing ones, and those whose tensor outputs are not on `device`."""
+    """Every op run inside: the host-syncing ones, and those with a tensor input or output not on `device` (an
+    input from the host is a copy to the device, which waits for the host, e.g. torch.tensor(x, device=...))."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
@@ -39,9 +41,23 @@ class OpAudit(TorchDispatchMode):
         name = str(func.overloadpacket._qualified_op_name).replace("::", ".")
         if name in SYNC_OPS or str(func).removesuffix(".default") in SYNC_OPS:
             self.syncs.append(str(func))
-        self.elsewhere += [str(func) for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+        self.elsewhere += [str(func) for t in tree_leaves((out, args, kwargs)) if isinstance(t, torch.Tensor)
                            and t.device.type != self.device.type]
         return out
+
+
+class HostData(TorchFunctionMode):
+    """Calls that build a tensor from host data (on a GPU: a copy from the host, which waits for it), which
+    dispatch does not see: torch.tensor(x, device=...) is made on the host and copied below the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.tensor, torch.as_tensor, torch.from_numpy):
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 def _loss(forward, tokens):
@@ -51,18 +67,23 @@ def _loss(forward, tokens):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_a_training_step_makes_no_host_sync_and_stays_on_the_parameters_device(variant):
-    """On the meta device, where every op must have a device-independent kernel and a tensor made on the CPU by
-    mistake (a torch.zeros without device=) shows as an output elsewhere; on CPU, counting the syncing ops."""
+    """On CPU, counting the syncing ops and the tensors built from host data; on the meta device, where every op
+    must have a device-independent kernel and a tensor made on the CPU by mistake (a torch.zeros without device=)
+    shows as an op off the device. Each after a warm-up step, which may build what later steps reuse (the causal
+    masks)."""
     torch.manual_seed(0)
     model = build_model(variant, CFG)
     tokens = torch.randint(0, CFG.vocab_size, (2, CFG.context_len), generator=torch.Generator().manual_seed(0))
-    with OpAudit(torch.device("cpu")) as audit:
+    _loss(model, tokens)[0].backward()
+    with OpAudit(torch.device("cpu")) as audit, HostData() as host:
         _loss(model, tokens)[0].backward()
     assert audit.syncs == [], f"{variant}: host syncs {sorted(set(audit.syncs))}"
-    meta = build_model(variant, CFG).to("meta")
+    assert host.calls == [], f"{variant}: tensors built from host data in a step: {host.calls}"
+    meta, tokens = build_model(variant, CFG).to("meta"), tokens.to("meta")
+    _loss(meta, tokens)[0].backward()
     with OpAudit(torch.device("meta")) as audit:
-        _loss(meta, tokens.to("meta"))[0].backward()
-    assert audit.elsewhere == [], f"{variant}: ops with outputs off the parameters' device {set(audit.elsewhere)}"
+        _loss(meta, tokens)[0].backward()
+    assert audit.elsewhere == [], f"{variant}: ops off the parameters' device {set(audit.elsewhere)}"
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in meta.parameters() if p.requires_grad)
 
 
@@ -76,6 +97,9 @@ def test_the_op_audit_sees_a_sync_and_a_stray_device():
         torch.ones(3).sum().item()
         torch.ones(3).nonzero()
     assert len(audit.syncs) == 2
+    with HostData() as host:
+        torch.tensor(0.0) + 1
+    assert host.calls == ["tensor"]
 
 
 @pytest.mark.parametrize("variant", ["hope", "hope_attention", "titans", "transformer"])
