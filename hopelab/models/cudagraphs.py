@@ -42,10 +42,11 @@ def compile_whole(model: nn.Module, mode: str | None = CUDAGRAPHS_MODE,
 def capture_whole(model: nn.Module, tokens: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The eager forward and backward captured as two CUDA graphs, without compiling (torch.cuda.
     make_graphed_callables): what replaying alone gains, in seconds where compiling the whole model takes
-    minutes. `tokens` [B, T] on the device fixes the shapes; later tokens are copied into its buffer. The model's
-    own forward is replaced: give it a model of its own. For measuring (`hopelab bench`, variant+captured)."""
+    minutes. `tokens` [B, T] on the device fixes the shapes; later tokens are copied into a buffer of that
+    shape. The model's own forward is replaced: give it a model of its own. For measuring (`hopelab bench`,
+    variant+captured)."""
     model.train()
-    return torch.cuda.make_graphed_callables(model, (tokens,), allow_unused_input=True)
+    return torch.cuda.make_graphed_callables(model, (tokens.clone(),), allow_unused_input=True)
 
 
 def check_cudagraphs(accelerator: str, compile: bool = False) -> None:
