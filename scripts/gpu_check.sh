@@ -4,8 +4,11 @@
 # recorded and the next one runs, so the folder always holds what could be measured):
 #   1. the CUDA-marked tests (tests/test_gpu_guards.py: no host sync, CUDA graph replay == eager)
 #   2. hopelab bench --scale small: hope and the Transformer eager, hope with its chunk steps compiled,
-#      both captured as CUDA graphs (+captured, no compile); 2 repeats, with peak CUDA memory per step
-#   3. the same with the whole model compiled and replayed as CUDA graphs (--cudagraphs: a long compile)
+#      both captured as CUDA graphs (+captured: the eager step replayed, no compile); 2 repeats, with the
+#      saved activations and the peak CUDA memory of a step
+#   3. hope and the Transformer eager and with the whole model compiled and replayed as CUDA graphs
+#      (--cudagraphs), at GRAPHS_SCALE (default tiny: the whole-model compile unrolls every chunk, and at small
+#      takes longer than this check has; GRAPHS_SCALE=small T_GRAPHS=1200 measures it there)
 #   4. a 50-step `small` hope run with probes
 # Usage: make gpu-check [GPU_PY=python]; per-part limits in seconds: T_TESTS, T_BENCH, T_GRAPHS, T_TRAIN.
 set -euo pipefail
@@ -44,18 +47,23 @@ part() {
   tail -n 3 "$OUT/$name.log" | sed 's/^/   /'
 }
 
-BENCH=(-m hopelab.cli bench --scale small --repeats 2 --device cuda --no-probes --no-audit --no-reference)
+BENCH=(-m hopelab.cli bench --repeats 2 --device cuda --no-probes --no-audit --no-reference)
 part tests "${T_TESTS:-60}" "$PY" -m pytest -q -m cuda tests/test_gpu_guards.py -p no:cacheprovider
-part bench-eager-compiled-captured "${T_BENCH:-140}" "$PY" "${BENCH[@]}" --compile \
+part bench-eager-compiled-captured "${T_BENCH:-140}" "$PY" "${BENCH[@]}" --scale small --compile \
   --variants hope,transformer,hope+captured,transformer+captured --out "$OUT/eager-compiled-captured"
-part bench-cudagraphs "${T_GRAPHS:-170}" "$PY" "${BENCH[@]}" --variants hope+cudagraphs,transformer+cudagraphs \
-  --out "$OUT/cudagraphs"
+part bench-cudagraphs "${T_GRAPHS:-170}" "$PY" "${BENCH[@]}" --scale "${GRAPHS_SCALE:-tiny}" \
+  --variants hope,transformer --cudagraphs --out "$OUT/cudagraphs"
+rm -rf runs/gpu-check  # this check's own run: trained afresh each time (a finished run is not retrained)
 part train-small-50 "${T_TRAIN:-100}" "$PY" -m hopelab.cli train --variant hope --scale small --steps 50 \
-  --set ckpt_every=25 --set val_batches=2 --accelerator gpu --devices 1 --study gpu-check --out "$OUT/runs"
+  --set ckpt_every=25 --set val_batches=2 --accelerator gpu --devices 1 --study gpu-check --out runs
+RUN=runs/gpu-check/small/hope/seed0  # its checkpoints stay there; what it measured is copied beside the rest
+mkdir -p "$OUT/train-small-50"
+cp -r "$RUN"/manifest.json "$RUN"/config.json "$RUN"/metrics.parquet "$RUN"/probes "$OUT/train-small-50/" 2>/dev/null || true
 
 {
   echo
   echo "Ended $(date -u +%FT%TZ). Each part's output is in <part>.log; the benches' tables in"
-  echo "eager-compiled-captured/README-small.md and cudagraphs/README-small.md; the run under runs/gpu-check/."
+  echo "eager-compiled-captured/README-small.md and cudagraphs/README-${GRAPHS_SCALE:-tiny}.md; the run's manifest,"
+  echo "metrics and probes in train-small-50/ (its checkpoints in $RUN)."
 } >> "$SUMMARY"
 cat "$SUMMARY"
