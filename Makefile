@@ -12,7 +12,7 @@ SEEDS  ?= 2
 STEPS  ?=
 BENCH_FLAGS ?= --threads 1 --compile  # as reports/bench/README-tiny.md was made
 
-.PHONY: install test study bench clean
+.PHONY: install test study bench gpu-check clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ study: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/hopelab bench --scale $(SCALE) $(BENCH_FLAGS)
+
+# on a GPU machine, with a Python whose torch sees the GPU (not the CPU venv above): about 8 minutes, writes
+# reports/bench/gpu/ (scripts/gpu_check.sh says what it runs)
+GPU_PY ?= python3
+gpu-check:
+	GPU_PY=$(GPU_PY) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -10,6 +10,9 @@ Measured numbers live in reports/bench/README-<scale>.md.
 
 from hopelab.bench.report import BENCH_COLUMNS, write_bench_report
 from hopelab.bench.suite import run_bench
-from hopelab.bench.timing import COMPILED, RECOMPUTED, count_saved_activations
+from hopelab.bench.timing import COMPILED, CUDAGRAPHS, RECOMPUTED, count_saved_activations
 
-__all__ = ["BENCH_COLUMNS", "COMPILED", "RECOMPUTED", "count_saved_activations", "run_bench", "write_bench_report"]
+__all__ = [
+    "BENCH_COLUMNS", "COMPILED", "CUDAGRAPHS", "RECOMPUTED", "count_saved_activations", "run_bench",
+    "write_bench_report",
+]

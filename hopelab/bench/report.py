@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from hopelab.bench.timing import COMPILED, RECOMPUTED
+from hopelab.bench.timing import CAPTURED, COMPILED, CUDAGRAPHS, RECOMPUTED
 from hopelab.malloc import freed_memory_setting
 from hopelab.records import atomic_path, write_parquet_atomic
 
@@ -78,6 +78,14 @@ def write_bench_report(rows: list[tuple], scale: str, repeats: int, out: Path) -
     if any(v.endswith(RECOMPUTED) for v in step.index):
         lines += [f"{RECOMPUTED}: the same variant keeping only each SR-Titans chunk step's and CMS step's inputs for "
                   "backward and recomputing the rest there (`--recompute`): the same numbers, less memory.", ""]
+    if any(v.endswith(CUDAGRAPHS) for v in step.index):
+        lines += [f"{CUDAGRAPHS}: the same variant with its whole forward and backward compiled as one graph and "
+                  "replayed as CUDA graphs (`--cudagraphs`); its first step, which compiles, is under Other "
+                  "measurements, as is each variant's peak CUDA memory during a step (memory, "
+                  "cuda_step_peak_allocated).", ""]
+    if any(v.endswith(CAPTURED) for v in step.index):
+        lines += [f"{CAPTURED}: the same variant's eager forward and backward captured as CUDA graphs, not compiled "
+                  "(torch.cuda.make_graphed_callables): what the replay alone gains.", ""]
     lines += _step_table(step)
     lines += ["", "## Other measurements", "", "| section | variant | metric | value | unit |",
               "|---|---|---|---:|---|"]

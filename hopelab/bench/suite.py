@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from hopelab.bench.report import write_bench_report
-from hopelab.bench.timing import COMPILED, audit_wall_time, chunked_vs_reference, train_step_timings
+from hopelab.bench.timing import COMPILED, WHOLE_MODEL, audit_wall_time, chunked_vs_reference, train_step_timings
 from hopelab.config import get_scale
 
 
@@ -31,8 +31,10 @@ def _train_step_rows(timings: dict[str, dict], tokens: int) -> list[tuple]:
                  ("train_step", v, "activation_bytes", t["activation_bytes"], "bytes"),
                  ("train_step", v, "matmul_flops", t["matmul_flops"], "FLOP"),
                  ("train_step", v, "matmul_flops_per_s", t["matmul_flops"] / med, "FLOP/s")]
-        if v.endswith(COMPILED):
+        if v.endswith((COMPILED, *WHOLE_MODEL)):
             rows.append(("compile", v, "first_step_s", t["first_step_s"], "s"))
+        if t["cuda_peak_bytes"] is not None:
+            rows.append(("memory", v, "cuda_step_peak_allocated", t["cuda_peak_bytes"], "bytes"))
         if base:  # paired: step time over the Transformer's in the same repeat, then the median and quartiles
             ratios = [a / b for a, b in zip(t["times"], base)]
             q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3

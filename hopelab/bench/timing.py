@@ -19,6 +19,9 @@ from hopelab.models import Execution, build_model, count_parameters
 
 COMPILED = "+compile"  # suffix: built with Execution(compile=True), its fast-memory steps compiled
 RECOMPUTED = "+recompute"  # suffix: built with Execution(recompute=True), those steps recomputed in backward
+CUDAGRAPHS = "+cudagraphs"  # suffix (any variant, CUDA only): the whole model compiled, replayed as CUDA graphs
+CAPTURED = "+captured"  # suffix (any variant, CUDA only): the eager model captured as CUDA graphs, not compiled
+WHOLE_MODEL = (CUDAGRAPHS, CAPTURED)  # the suffixes that take the whole model, and no other suffix
 
 
 @contextmanager
@@ -34,9 +37,10 @@ def count_saved_activations():
         yield box
 
 
-def _loss(model, x):
-    """x [B, T+1], as the training sampler draws it: the loss training computes (no slicing of the logits)."""
-    return lm_loss(model(x[:, :-1]), x[:, 1:])
+def _loss(forward, x):
+    """x [B, T+1], as the training sampler draws it: the loss training computes (no slicing of the logits).
+    `forward`: the model, or its whole-model compile."""
+    return lm_loss(forward(x[:, :-1]), x[:, 1:])
 
 
 def _sync(device: str) -> None:
@@ -47,13 +51,18 @@ def _sync(device: str) -> None:
 
 def train_step_timings(variants, scale: str, repeats: int, device: str, progress=None) -> dict[str, dict]:
     """fwd + bwd + AdamW step per variant, interleaved; returns {variant: {times, n_params, activation_bytes,
-    matmul_flops, first_step_s}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in fwd + bwd: a
-    machine-independent floor under the step's cost, against which the timed ratios show how efficiently each
-    variant runs. "hope+compile" is hope built with `Execution(compile=True)`: its first step (the compile) is
-    timed apart;
-    its FLOPs and saved activations are counted on the eager step, which runs the same code uncompiled.
+    matmul_flops, first_step_s, cuda_peak_bytes}}. FLOPs are those of matmul-type ops (torch's FlopCounterMode) in
+    fwd + bwd: a machine-independent floor under the step's cost, against which the timed ratios show how
+    efficiently each variant runs. "hope+compile" is hope built with `Execution(compile=True)`: its first step (the
+    compile) is timed apart; its FLOPs and saved activations are counted on the eager step, which runs the same
+    code uncompiled.
     "hope+recompute" is hope built with `Execution(recompute=True)`, counted as it runs (its FLOPs include the
-    recomputation)."""
+    recomputation). "hope+cudagraphs" (any variant) runs the whole model compiled (compile_whole, CUDA graphs),
+    first step timed apart; "+captured" captures the eager model (capture_whole), no compile. On CUDA,
+    cuda_peak_bytes is the most memory allocated during the first timed step: parameters, gradients, optimizer
+    state and activations (a CUDA graph's pool included); else None."""
+    from hopelab.models.cudagraphs import capture_whole, compile_whole
+
     cfg = get_scale(scale)
     B, T = cfg.train.batch_size, cfg.model.context_len
     gen = torch.Generator().manual_seed(0)
@@ -61,8 +70,8 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
     setups = {}
     for v in variants:
         torch.manual_seed(0)
-        compiled = v.endswith(COMPILED)
-        name = v.removesuffix(COMPILED).removesuffix(RECOMPUTED)
+        compiled, graphed, captured = v.endswith(COMPILED), v.endswith(CUDAGRAPHS), v.endswith(CAPTURED)
+        name = v.removesuffix(CUDAGRAPHS).removesuffix(CAPTURED).removesuffix(COMPILED).removesuffix(RECOMPUTED)
         model = build_model(name, scale, Execution(recompute=v.endswith(RECOMPUTED))).to(device)
         with FlopCounterMode(display=False) as flops:  # warm-up step, also counts FLOPs and saved activations
             with count_saved_activations() as saved:
@@ -73,29 +82,37 @@ def train_step_timings(variants, scale: str, repeats: int, device: str, progress
             twin = build_model(name, scale, Execution(compile=True)).to(device)
             twin.load_state_dict(model.state_dict())
             model = twin
+        _sync(device)
         t0 = time.perf_counter()
-        if compiled:
-            _loss(model, x).backward()  # traces and compiles
+        forward = compile_whole(model) if graphed else capture_whole(model, x[:, :-1]) if captured else model
+        if compiled or graphed:
+            _loss(forward, x).backward()  # traces and compiles
+        _sync(device)
         first_step_s = time.perf_counter() - t0
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        setups[v] = {"model": model, "opt": opt, "times": [], "n_params": count_parameters(model),
-                     "first_step_s": first_step_s, **counts}
+        setups[v] = {"forward": forward, "opt": opt, "times": [], "n_params": count_parameters(model),
+                     "first_step_s": first_step_s, "cuda_peak_bytes": None, **counts}
     for r in range(repeats):
         for v in (variants if r % 2 == 0 else variants[::-1]):  # alternate the order: no variant always
             # follows the same neighbour into a slow minute
             s = setups[v]
             _sync(device)
+            if device.startswith("cuda") and r == 0:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            _loss(s["model"], x).backward()
+            _loss(s["forward"], x).backward()
             s["opt"].step()
             s["opt"].zero_grad(set_to_none=True)
             _sync(device)
             s["times"].append(time.perf_counter() - t0)
+            if device.startswith("cuda") and r == 0:
+                s["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
             if progress:
                 progress()
-    return {v: {k: s[k] for k in ("times", "n_params", "activation_bytes", "matmul_flops", "first_step_s")}
+    keys = ("times", "n_params", "activation_bytes", "matmul_flops", "first_step_s", "cuda_peak_bytes")
+    return {v: {k: s[k] for k in keys}
             for v, s in setups.items()}
 
 

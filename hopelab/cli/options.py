@@ -25,6 +25,14 @@ RecomputeOpt = Annotated[
         "about 6x less activation memory, the same numbers, ~1.5x the step time",
     ),
 ]
+CudaGraphsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cudagraphs",
+        help="CUDA only: torch.compile the whole model, forward and backward, and replay the step as CUDA graphs "
+        "(mode=reduce-overhead): one launch per graph instead of one per kernel; a one-off compile of minutes",
+    ),
+]
 
 def _logger_kind(value: str | None) -> str | None:
     from hopelab.lit.trainer import LOGGERS

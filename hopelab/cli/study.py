@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from hopelab.cli.options import (
     CompileOpt,
+    CudaGraphsOpt,
     LoggerOpt,
     RecomputeOpt,
     SeedsOpt,
@@ -78,6 +79,7 @@ def _plan(
     compile_: bool = False,
     recompute: bool = False,
     logger: str | None = None,
+    cudagraphs: bool = False,
 ) -> tuple[LoadedStudy, list[PlannedRun]]:
     loaded = load_study(name)
     runs = plan_runs(
@@ -94,6 +96,7 @@ def _plan(
         compile=compile_,
         recompute=recompute,
         logger=logger,
+        cudagraphs=cudagraphs,
     )
     return loaded, runs
 
@@ -213,6 +216,7 @@ def run_cmd(
     precision: Annotated[str | None, typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
     compile_: CompileOpt = False,
     recompute: RecomputeOpt = False,
+    cudagraphs: CudaGraphsOpt = False,
     shard: Annotated[
         str | None, typer.Option(metavar="I/N", help="run only shard I of N (1-based), e.g. one per array job")
     ] = None,
@@ -259,8 +263,12 @@ def run_cmd(
     if data is not None and not is_synthetic(data) and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
     parse_shard(shard)
+    if cudagraphs:
+        from hopelab.models.cudagraphs import check_cudagraphs
+
+        check_cudagraphs(accelerator, compile_)
     loaded, runs = _plan(name, scale, seeds, steps, set_, out, data, accelerator, devices, precision, compile_,
-                         recompute, logger)
+                         recompute, logger, cudagraphs)
     mine = shard_runs(runs, shard)
     for run in mine:  # before anything starts: a finished run with other settings is not this request
         check_same_config(run)

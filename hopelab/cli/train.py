@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hopelab.cli.options import CompileOpt, LoggerOpt, RecomputeOpt
+from hopelab.cli.options import CompileOpt, CudaGraphsOpt, LoggerOpt, RecomputeOpt
 from hopelab.errors import CommandFailed
 
 
@@ -36,12 +36,16 @@ def train_command(
     compile_: CompileOpt = False,
     recompute: RecomputeOpt = False,
     logger: LoggerOpt = None,
+    cudagraphs: CudaGraphsOpt = False,
 ) -> None:
     """Train one run (or resume it from its last good checkpoint; a finished run is not retrained)."""
     from rich.console import Console
 
+    from hopelab.models.cudagraphs import check_cudagraphs
     from hopelab.run import STATUS_DONE, STATUS_FAILED, RunSpec, parse_overrides, train_one
 
+    if cudagraphs:
+        check_cudagraphs(accelerator, compile_)
     model_over, train_over = parse_overrides(set_)
     spec = RunSpec(
         variant=variant,
@@ -62,6 +66,7 @@ def train_command(
         compile=compile_,
         recompute=recompute,
         logger=logger,
+        cudagraphs=cudagraphs,
     )
     state = train_one(spec)
     if state.status == STATUS_FAILED:

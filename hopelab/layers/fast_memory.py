@@ -228,7 +228,11 @@ def trace_fast_states(model: nn.Module) -> Iterator[FastStateTrace]:
 
 
 def _recorder(layer: FastMemory, position: int) -> Callable[[int, int, Carry], None] | None:
-    """record(chunk start, tokens into the chunk, carry) for a traced layer whose forward starts at `position`."""
+    """record(chunk start, tokens into the chunk, carry) for a traced layer whose forward starts at `position`.
+    None under torch.compile: a compiled forward records nothing (the probes trace the eager model), and
+    ContextVar.get would split a whole-model graph at every layer (hopelab.models.cudagraphs)."""
+    if torch.compiler.is_compiling():
+        return None
     traced = (_TRACED.get() or {}).get(id(layer))
     if traced is None:
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -111,6 +111,9 @@ class LitLM(pl.LightningModule):
         if train_cfg.segments > 1 and model_cfg.context_len % align:
             raise UserError(f"segments > 1 streams whole chunks: context_len {model_cfg.context_len} must be a "
                             f"multiple of chunk_size {align}")
+        # what training_step runs the model with: None, the model itself; or its whole-model compile
+        # (hopelab.models.cudagraphs.compile_whole, --cudagraphs): a function, so not a second submodule
+        self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -125,6 +128,7 @@ class LitLM(pl.LightningModule):
             self.stream.put(int(step), new_state)
         else:
             logits = self.model(x)  # [B, T, V]
+        logits = (self.compiled_forward or self.model)(x)  # [B, T, V]
         loss = lm_loss(logits, y)
         train_loss = loss.detach()
         if self.stream.segments > 1:

@@ -20,6 +20,7 @@ from torch import nn
 
 from hopelab.config import ModelConfig
 from hopelab.layers.cms import CMSLevelState, ContinuumMemory
+from hopelab.layers.embedding import TokenEmbedding
 from hopelab.layers.fast_memory import (
     DEFAULT_EXECUTION,
     PROJECTION_STD,
@@ -89,7 +90,7 @@ class MemoryLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.execution = execution
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.wte = TokenEmbedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(
             MemoryBlock(cfg, make_mixer(cfg, execution), use_cms, execution) for _ in range(cfg.n_layers)
         )

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hopelab.config import ModelConfig
+from hopelab.layers.embedding import TokenEmbedding
 from hopelab.layers.hooks import HookPoint
 
 
@@ -67,8 +68,8 @@ class TransformerLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.wpe = nn.Embedding(cfg.context_len, cfg.dim)
+        self.wte = TokenEmbedding(cfg.vocab_size, cfg.dim)
+        self.wpe = TokenEmbedding(cfg.context_len, cfg.dim)
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

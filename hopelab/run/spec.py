@@ -34,6 +34,7 @@ class RunSpec:
     compile: bool = False  # how the run executes, not what it computes (hopelab.models.Execution)
     recompute: bool = False  # likewise
     logger: str | None = None  # also log the metrics to Lightning's csv or tensorboard logger (make_logger)
+    cudagraphs: bool = False  # likewise: the training step's forward compiled whole and replayed as CUDA graphs
 
     @property
     def run_name(self) -> str:

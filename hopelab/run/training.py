@@ -30,6 +30,7 @@ from hopelab.lit.metrics import TrainMetrics, evaluate
 from hopelab.lit.module import LitLM, NonFiniteError
 from hopelab.lit.trainer import Schedule, StepCheckpoint, last_good_checkpoint, make_logger, make_trainer
 from hopelab.models import Execution, count_parameters, fast_memory_layers
+from hopelab.models.cudagraphs import check_cudagraphs, compile_whole
 from hopelab.probes import ProbeCallback, RunLabels, make_probes
 from hopelab.run.identity import git_sha, hardware, normalise, now, run_identity, spec_identity, versions
 from hopelab.run.rundir import RunDir
@@ -132,9 +133,14 @@ def _build_model(spec: RunSpec, data, model_cfg: ModelConfig, train_cfg: TrainCo
     pl.seed_everything(spec.seed, workers=True, verbose=False)  # model init is a function of the seed
     execution = Execution(compile=spec.compile, recompute=spec.recompute)
     module = LitLM(spec.variant, base_cfg, train_cfg, execution=execution)
+    if spec.cudagraphs:  # the training step's forward, compiled whole (traced at its first call, on its device)
+        check_cudagraphs(spec.accelerator, spec.compile)
+        if train_cfg.segments > 1:  # a streamed step takes and returns the carried state: not the captured call
+            raise UserError("--cudagraphs compiles the step of independent windows; drop it with segments > 1")
+        module.compiled_forward = compile_whole(module.model)
     n_fast = len(fast_memory_layers(module.model))
     executed = {"compiled_modules": n_fast if spec.compile else 0,
-                "recomputed_modules": n_fast if spec.recompute else 0}
+                "recomputed_modules": n_fast if spec.recompute else 0, "cudagraphs": spec.cudagraphs}
     refs = references(data)
     config = {
         "spec": normalise(dataclasses.asdict(spec)),

@@ -58,6 +58,7 @@ def plan_runs(
     compile: bool = False,
     recompute: bool = False,
     logger: str | None = None,
+    cudagraphs: bool = False,
 ) -> list[PlannedRun]:
     """Every run of the study, in a fixed order: scale, then cell (definition order), then seed.
 
@@ -106,6 +107,7 @@ def plan_runs(
                     compile=compile,
                     recompute=recompute,
                     logger=logger,
+                    cudagraphs=cudagraphs,
                 )
                 runs.append(
                     PlannedRun(
