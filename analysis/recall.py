@@ -18,20 +18,22 @@ import pandas as pd
 from analysis.claims import Claim
 from analysis.load import StudyResults
 from analysis.select import last_step_rows
-from analysis.stats import CONFIDENCE, NO_TEST, compare, fmt_p, mean_ci
+from analysis.stats import CONFIDENCE, NO_TEST, Delta, compare, fmt_p, mean_ci, newcombe
 from analysis.style import VARIANT_ORDER, display_name
 from hopelab.data.synthetic import is_synthetic, parse_synthetic
 from hopelab.run import STATUS_DONE
 
 SOLVED = 0.90  # accuracy at or above which a number of pairs counts as solved (the capacity)
 ACC_EPS = 0.05  # with one seed (no interval), |Δ accuracy| at or below this is "no difference"
+NEWCOMBE = "Newcombe interval over the answer positions"
 REMOVES = {"hope_no_selfmod": "self-modification", "hope_no_cms": "the CMS", "hope_no_surprise": "the surprise gate"}
 BASELINES = ("titans", "transformer")
 THRESHOLDS = [
     f"a number of pairs counts as solved when the mean accuracy over seeds is ≥ {SOLVED:.0%}; the capacity is the "
     "largest number of pairs solved",
     f"a change of recall accuracy counts when the {CONFIDENCE:.0%} interval of Δ (paired by seed) excludes 0 (with "
-    f"a single seed: when |Δ| > {ACC_EPS:.2f}, marked as untested)",
+    "a single seed: when the Newcombe interval of the difference of the two accuracies over the probe batch's "
+    f"answers excludes 0; without answer counts, when |Δ| > {ACC_EPS:.2f}, marked as untested)",
 ]
 
 
@@ -65,16 +67,17 @@ def recall_runs(study: StudyResults, scale: str) -> pd.DataFrame:
     keep = [t is not None and t["task"] == "mqar" for t in tasks]
     runs = runs[keep].copy()
     if runs.empty:
-        return pd.DataFrame(columns=["run_id", "run_name", "variant", "seed", "pairs", "length", "dim", "accuracy"])
+        return pd.DataFrame(columns=["run_id", "run_name", "variant", "seed", "pairs", "length", "dim", "accuracy",
+                                     "answers"])
     info = pd.DataFrame([t for t, k in zip(tasks, keep) if k], index=runs.index)
     runs["pairs"] = info["pairs"].astype(int)
     runs["length"] = info["length"].fillna(runs["context_len"]).astype(int)
     rows = recall_probe_rows(study, scale)
-    overall = last_step_rows(rows[(rows["metric"] == "accuracy") & rows["position"].isna()])
-    acc = overall.set_index("run_id")["value"]
-    runs["accuracy"] = runs["run_id"].map(acc).astype(float)
+    for metric in ("accuracy", "answers"):
+        overall = last_step_rows(rows[(rows["metric"] == metric) & rows["position"].isna()])
+        runs[metric] = runs["run_id"].map(overall.set_index("run_id")["value"]).astype(float)
     runs["dim"] = runs["dim"].astype(int)
-    return runs[["run_id", "run_name", "variant", "seed", "pairs", "length", "dim", "accuracy"]].dropna(
+    return runs[["run_id", "run_name", "variant", "seed", "pairs", "length", "dim", "accuracy", "answers"]].dropna(
         subset=["accuracy"]).reset_index(drop=True)
 
 
@@ -138,7 +141,22 @@ def _fmt(d) -> str:
     s = f"Δ = {100 * d.delta:+.1f} points"
     if d.test == NO_TEST or math.isnan(d.lo):
         return s + " (single seed)"
+    if d.test == NEWCOMBE:
+        return s + f" [{100 * d.lo:+.1f}, {100 * d.hi:+.1f}], single seed: {NEWCOMBE}"
     return s + f" [{100 * d.lo:+.1f}, {100 * d.hi:+.1f}], p = {fmt_p(d.p)}"
+
+
+def _answers_delta(base: pd.DataFrame, mine: pd.DataFrame) -> Delta:
+    """Δ accuracy (mine − base) over seeds (paired t); with one seed a side, Newcombe's interval over the answer
+    positions of the two runs' probe batches (the same sequences; the interval treats them as independent)."""
+    d = compare(base["accuracy"], mine["accuracy"])
+    if d.test != NO_TEST or len(base) != 1 or len(mine) != 1:
+        return d
+    n = float(min(base["answers"].iloc[0], mine["answers"].iloc[0]))
+    if not n > 0:
+        return d
+    lo, hi = newcombe(float(mine["accuracy"].iloc[0]), float(base["accuracy"].iloc[0]), n)
+    return Delta(d.delta, lo, hi, math.nan, NEWCOMBE, d.n_base, d.n_other)
 
 
 def _comparison(runs: pd.DataFrame, other: str, what: str, scale: str) -> Claim | None:
@@ -147,10 +165,10 @@ def _comparison(runs: pd.DataFrame, other: str, what: str, scale: str) -> Claim 
     for (length, dim), g in runs.groupby(["length", "dim"]):
         by = {}
         for pairs, cell in g.groupby("pairs"):
-            base = cell[cell["variant"] == "hope"].set_index("seed")["accuracy"]
-            mine = cell[cell["variant"] == other].set_index("seed")["accuracy"]
+            base = cell[cell["variant"] == "hope"].set_index("seed")
+            mine = cell[cell["variant"] == other].set_index("seed")
             if len(base) and len(mine):
-                by[int(pairs)] = compare(base, mine)
+                by[int(pairs)] = _answers_delta(base, mine)
         if not by:
             continue
         words = {"up": [], "down": [], "none": [], "untested-up": [], "untested-down": [], "unknown": []}

@@ -15,17 +15,14 @@ treats them as independent, is conservative. It exists with one seed, where a t-
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
-from scipy import stats
 
 from analysis.claims import Claim
 from analysis.interventions import SWITCH_NAMES, switch_order
 from analysis.load import StudyResults
 from analysis.recall import recall_probe_rows, recall_runs, variant_order
 from analysis.select import last_step_rows
-from analysis.stats import CONFIDENCE
+from analysis.stats import CONFIDENCE, newcombe
 from analysis.style import display_name
 
 COLUMNS = ["variant", "length", "dim", "pairs", "switch", "trained", "switched", "answers", "delta", "lo", "hi"]
@@ -33,24 +30,8 @@ THRESHOLD = (
     f"recall under an intervention: Δ = accuracy with the switch − as trained, pooled over the seeds' answer "
     f"positions, with a {CONFIDENCE:.0%} Newcombe interval (Wilson intervals of each side; conservative, since both "
     "are measured on the same answers); a run's recall needs its in-context writes when switching them all off "
-    "lowers accuracy with the interval below 0"
+    "lowers accuracy with the interval below 0, whatever its accuracy as trained"
 )
-
-
-def wilson(p: float, n: float) -> tuple[float, float]:
-    """Wilson score interval of a proportion p over n trials."""
-    z = float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def newcombe(p_other: float, p_base: float, n: float) -> tuple[float, float]:
-    """Interval of p_other − p_base, both over n trials (Newcombe 1998, method 10)."""
-    lo_o, hi_o = wilson(p_other, n)
-    lo_b, hi_b = wilson(p_base, n)
-    d = p_other - p_base
-    return d - math.hypot(p_other - lo_o, hi_b - p_base), d + math.hypot(hi_o - p_other, p_base - lo_b)
 
 
 def _overall(rows: pd.DataFrame) -> pd.DataFrame:
@@ -90,13 +71,14 @@ def _verdict(g: pd.DataFrame) -> str:
     off = g[g["switch"] == "all_writes_off"]
     if off.empty:
         return ""
-    solved = off[off["trained"] > 1 / off["pairs"]]  # above guessing among the sequence's values
-    if solved.empty:
-        return ": it does not recall above guessing, so there is nothing to attribute"
-    if (solved["hi"] < 0).all():
+    drops = off[off["hi"] < 0]
+    if len(drops) == len(off):
         return ": its recall needs its in-context writes"
-    if (solved["lo"] > 0).any() or (solved["hi"] < 0).any():
-        return ": its recall needs its in-context writes at some numbers of pairs only"
+    if len(drops):
+        return (": its recall needs its in-context writes at "
+                + ", ".join(f"{p} pairs" for p in sorted(drops["pairs"])) + " only")
+    if (off["trained"] <= 1 / off["pairs"]).all():
+        return ": it does not recall above guessing (1/pairs), and switching its writes off changes nothing detectable"
     return ": no detectable dependence of its recall on its in-context writes"
 
 

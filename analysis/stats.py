@@ -167,3 +167,19 @@ def fmt_pct(x: float) -> str:
     if 0.99995 <= x < 1:
         return "> 99.99%"
     return f"{100 * x:.2f}%"
+
+
+def wilson(p: float, n: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion p over n trials."""
+    z = float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def newcombe(p_other: float, p_base: float, n: float) -> tuple[float, float]:
+    """Interval of p_other − p_base, both over n trials (Newcombe 1998, method 10)."""
+    lo_o, hi_o = wilson(p_other, n)
+    lo_b, hi_b = wilson(p_base, n)
+    d = p_other - p_base
+    return d - math.hypot(p_other - lo_o, hi_b - p_base), d + math.hypot(hi_o - p_other, p_base - lo_b)

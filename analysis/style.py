@@ -21,6 +21,7 @@ VARIANT_COLORS: dict[str, str] = {
     "hope_no_cms": "#029E73",  # green
     "hope_no_selfmod": "#D55E00",  # vermillion
     "hope_no_surprise": "#CC78BC",  # pink
+    "hope_attention": "#56B4E9",  # sky blue
     "titans": "#DE8F05",  # orange
     "transformer": "#404040",  # dark grey
     "transformer_matched": "#949494",  # light grey
@@ -30,6 +31,7 @@ VARIANT_NAMES: dict[str, str] = {
     "hope_no_cms": "No CMS",
     "hope_no_selfmod": "No Self-Mod",
     "hope_no_surprise": "No Surprise",
+    "hope_attention": "Hope-Attention",
     "titans": "Titans",
     "transformer": "Transformer",
     "transformer_matched": "Transformer (matched)",

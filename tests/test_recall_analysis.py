@@ -149,3 +149,21 @@ def test_the_recall_figure_has_a_switch_panel_only_with_switch_rows(study_root, 
             _write_run(bare, "hope", pairs, seed, switches=False)
     write_json_atomic({"study": "rec", "command": "hopelab study rec"}, bare / "study.json")
     assert "Newcombe" not in render_scale(load_results(bare), "tiny", tmp_path / "fig").caption
+
+
+def test_single_seed_comparisons_rest_on_a_newcombe_interval_over_the_answers(tmp_path):
+    """One seed: no interval over seeds, but the two runs' accuracies over their 64 answers give one. The
+    Transformer (80% at 2 pairs, 20% at 8) against hope (≈100%, 93%) is lower beyond its interval at both."""
+    from analysis.recall import recall_findings
+
+    root = tmp_path / "rec"
+    for variant in ("hope", "transformer"):
+        for pairs in (2, 8):
+            _write_run(root, variant, pairs, 1)  # seed 1: OFFSET 0
+    write_json_atomic({"study": "rec", "command": "hopelab study rec"}, root / "study.json")
+    claims = {c.topic: c for c in recall_findings(load_results(root), ["tiny"])}
+    text = claims["recall: transformer"].text
+    assert "lowers recall accuracy at 2 pairs" in text and "8 pairs" in text and "Newcombe" in text
+    assert "untested" not in text
+    delta_2 = claims["recall: transformer"].numbers[(64, 64, 2)]
+    assert delta_2 == pytest.approx(0.80 - 1.0, abs=0.01)
