@@ -6,9 +6,9 @@ pairs. The recall probe measures exact-match accuracy on a held-out batch, overa
 key; the report draws accuracy against pairs (Figure 7) and the capacity per variant (Table 4).
 
 Sizing (2-core CPU, --jobs 2): the memory variants learn MQAR slowly (Titans at 2 pairs, len 32: 5% accuracy
-at step 375, 47% at step 1000), so runs need ~1000 steps; the quick set (12 runs x 300 steps, len 32) took
-16 min summed over runs on a CPU shared with other jobs, 0.27 s a run-step, hope-type variants 2-3x Titans and
-~10x the Transformer. 36 runs x 800 steps at len 64 is then about an hour on two cores. len 64 rather than 32:
+at step 375, 47% at step 1000), so runs need ~1000 steps. Measured on an idle 2-core VM: the quick set (14 runs x
+300 steps, len 32) takes 3m34s wall; here a hope-type run (800 steps, len 64, batch 16) takes ~7.5 min with two
+running at once, so the 42 runs take about 1h45m on two cores. len 64 rather than 32:
 the slow CMS level (period 32) must update inside a sequence to be trained at all. On a GPU, add pairs 16-64
 at len 256 and a second width. hope_attention (attention + the same CMS) is the control for what SR-Titans adds
 over attention. (One hope run here once went non-finite inside a run of 34 filler tokens; that runaway is what
