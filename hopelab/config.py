@@ -61,6 +61,9 @@ class ModelConfig:
     cms_hidden_mult: int = 4
     cms_combine: CMSCombine = "chain"  # "chain": Eq 70; "gated": learned per-token gate over levels
     cms_lr_init: float = 0.01  # initial in-context learning rate of each CMS level (learned)
+    cms_error_clip: float | None = 4.0  # Huber cap of a CMS level's inner error, in units of √dim (the scale of
+    # its LayerNorm-ed input): 32 at tiny, where errors have median 6 and 99.9th percentile 17 on text; it stops the
+    # runaway that made 2 of 14 MQAR runs NaN (README, "Stability"). None: the L2 loss as printed
     cms_objective: CMSObjective = "reconstruct"  # a level's local objective: ½‖f(x) − W_v x‖², W_v = I at init
     # ("reconstruct"), or ½‖f(W_k x) − W_v x‖² on random learned projections ("kv"); see hopelab.layers.cms
     # --- Titans baseline (GD with momentum and weight decay)
@@ -82,6 +85,8 @@ class ModelConfig:
             raise UserError(f"cms_objective must be reconstruct or kv, got {self.cms_objective!r}")
         if any(p < 1 for p in self.cms_periods):
             raise UserError(f"cms_periods must be >= 1, got {self.cms_periods}")
+        if self.cms_error_clip is not None and not self.cms_error_clip > 0:
+            raise UserError(f"cms_error_clip must be > 0 (or None: no clip), got {self.cms_error_clip}")
         if self.inner_error_clip is not None and not self.inner_error_clip > 0:
             raise UserError(f"inner_error_clip must be > 0 (or None: no clip), got {self.inner_error_clip}")
         if not 0 < self.alpha_init <= 1 or not 0 < self.eta_init < self.eta_max:

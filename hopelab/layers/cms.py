@@ -57,9 +57,13 @@ class CMSLevelState:
 
 class CMSLevel(FastMemory):
     def __init__(self, dim: int, hidden: int, period: int, lr_init: float, n_layers: int, first_order: bool = False,
-                 execution: Execution = DEFAULT_EXECUTION, objective: CMSObjective = "reconstruct") -> None:
+                 execution: Execution = DEFAULT_EXECUTION, objective: CMSObjective = "reconstruct",
+                 error_clip: float | None = None) -> None:
         super().__init__(execution)
         self.period = period
+        # the Huber cap of the inner error, in its own units: the error lives at the scale of the level's input
+        # (a LayerNorm output, norm ≈ √D), so ModelConfig.cms_error_clip is given in units of √D
+        self.error_clip = None if error_clip is None else error_clip * math.sqrt(dim)
         self.first_order = first_order
         self.objective = objective
         self.chunk_tokens = step_length(period)
@@ -123,7 +127,8 @@ class CMSLevel(FastMemory):
             tail = x.shape[1] % self.period
             if tail:  # the stream ends inside a block: carry its gradients so far
                 at = (x if keys is None else keys)[:, -tail:]
-                acc = block_grad_sums(at, values[:, -tail:], up, down, self.b_up, self.b_down, self.first_order)
+                acc = block_grad_sums(at, values[:, -tail:], up, down, self.b_up, self.b_down, self.first_order,
+                                      self.error_clip)
         branch = branches[0] if len(branches) == 1 else torch.cat(branches, dim=1)
         return self.hook_out(branch), CMSLevelState(up, down, pos + head + x.shape[1], acc)
 
@@ -148,7 +153,7 @@ class CMSLevel(FastMemory):
         -> (branch [B, n, D], (W_up, W_down), the carried gradient sums or None)"""
         branch = read_block(x, up, down, self.b_up, self.b_down)  # [B, n, D]
         g_up, g_down = block_grad_sums(x if keys is None else keys, values, up, down, self.b_up, self.b_down,
-                                       self.first_order)
+                                       self.first_order, self.error_clip)
         if acc is not None:
             g_up, g_down = acc[0] + g_up, acc[1] + g_down
         n = x.shape[1]
@@ -168,7 +173,8 @@ class CMSLevel(FastMemory):
         up, down = carry
         level = cms_level_reference if self.execution.impl == "reference" else cms_level
         return level(x, values, up, down, self.b_up, self.b_down, lr, self.period, self.first_order,
-                     None if record is None else functools.partial(_record_pair, record), keys=keys)
+                     None if record is None else functools.partial(_record_pair, record), keys=keys,
+                     clip=self.error_clip)
 
 
 def _record_pair(record: Record, position: int, up: torch.Tensor, down: torch.Tensor) -> None:
@@ -183,7 +189,8 @@ class ContinuumMemory(nn.Module):
         hidden = cfg.cms_hidden_mult * cfg.dim
         first_order = cfg.inner_grad == "first_order"
         self.levels = nn.ModuleList(
-            CMSLevel(cfg.dim, hidden, p, cfg.cms_lr_init, cfg.n_layers, first_order, execution, cfg.cms_objective)
+            CMSLevel(cfg.dim, hidden, p, cfg.cms_lr_init, cfg.n_layers, first_order, execution, cfg.cms_objective,
+                     cfg.cms_error_clip)
             for p in cfg.cms_periods
         )
         self.gate = nn.Linear(cfg.dim, len(self.levels)) if cfg.cms_combine == "gated" else None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from hopelab.ops.memory import act, act_grad_times
+from hopelab.ops.memory import act, act_grad_times, huber_error
 
 
 def _branch(x, up, down, b_up, b_down):
@@ -33,11 +33,12 @@ def _branch(x, up, down, b_up, b_down):
     return hidden @ down.transpose(-1, -2) + b_down, pre, hidden  # [B, n, D]
 
 
-def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
+def _block_grads(x, values, branch, pre, hidden, down, first_order: bool, clip: float | None = None):
     """Mean over the block of ∇_{W_up}, ∇_{W_down} of ½‖x + branch − v‖², x the keys the branch was taken at.
-    first_order: e, δ and σ(a) are constants (hopelab.ops.memory, "First order"); the keys x stay differentiable."""
+    first_order: e, δ and σ(a) are constants (hopelab.ops.memory, "First order"); the keys x stay differentiable.
+    clip: each e_t capped at this norm (the Huber inner loss, hopelab.ops.memory.huber_error); None: L2."""
     n = x.shape[-2]
-    err = x + branch - values  # [B, n, D]   e_t = f(x_t) − v_t
+    err = huber_error(x + branch - values, clip)  # [B, n, D]   e_t = f(x_t) − v_t
     if first_order:
         err, pre, hidden = err.detach(), pre.detach(), hidden.detach()
     g_down = err.transpose(-1, -2) @ hidden / n  # [B, D, h]   Σ e_t u_tᵀ / n
@@ -49,7 +50,7 @@ def _block_grads(x, values, branch, pre, hidden, down, first_order: bool):
 
 
 def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None,
-              keys=None):
+              keys=None, clip: float | None = None):
     """Dual form over all of x (the layer calls it once per step of step_length(period) tokens).
     x, values [B, T, D]; up [B, h, D] or [h, D]; down [B, D, h] or [D, h]; keys [B, T, D] where the inner loss
     is taken (None: at x itself).
@@ -105,7 +106,7 @@ def cms_level(x, values, up, down, b_up, b_down, lr, period: int, first_order: b
             branch = torch.matmul(hidden, down.transpose(-1, -2)) + b_down  # [B, n, D]
             if start:
                 branch = torch.baddbmm(branch, hidden @ hiddens.transpose(-1, -2), s_errs, alpha=-1)
-        err = branch + residual[j]  # [B, n, D]   E_j
+        err = huber_error(branch + residual[j], clip)  # [B, n, D]   E_j, each row capped at `clip`
         if first_order:  # hopelab.ops.memory, "First order"
             err, pre, hidden = err.detach(), pre.detach(), hidden.detach()
         err_down = torch.matmul(err, down)  # [B, n, h]   E_j W_down,0 ...
@@ -130,12 +131,12 @@ def read_block(x, up, down, b_up, b_down):
     return _branch(x, up, down, b_up, b_down)[0]
 
 
-def block_grad_sums(keys, values, up, down, b_up, b_down, first_order: bool = False):
+def block_grad_sums(keys, values, up, down, b_up, b_down, first_order: bool = False, clip: float | None = None):
     """Σ over the tokens of an incomplete block of ∇W_up, ∇W_down of ½‖f(k_t) − v_t‖², at the block-start
     weights (Eq 71): what a stream carries from one call to the next until the block completes. keys, values
     [B, n, D] -> ([B, h, D], [B, D, h])."""
     branch, pre, hidden = _branch(keys, up, down, b_up, b_down)
-    g_up, g_down = _block_grads(keys, values, branch, pre, hidden, down, first_order)  # means over n
+    g_up, g_down = _block_grads(keys, values, branch, pre, hidden, down, first_order, clip)  # means over n
     n = keys.shape[-2]
     return g_up * n, g_down * n
 
@@ -154,7 +155,7 @@ def _cms_state(up, down, s_deltas, s_errs, hiddens, inputs):
 
 
 def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, first_order: bool = False, record=None,
-                        keys=None):
+                        keys=None, clip: float | None = None):
     """Token by token, Eq 71 literally: accumulate ∇L over the block, apply it when i ≡ 0 (mod C).
     `record(position, up, down)` is called after each update when given."""
     T = x.shape[1]
@@ -167,7 +168,7 @@ def cms_level_reference(x, values, up, down, b_up, b_down, lr, period: int, firs
         if keys is not None:  # the inner loss at k_t
             xt = keys[:, t : t + 1]  # [B, 1, D]
             branch, pre, hidden = _branch(xt, up, down, b_up, b_down)
-        g_up, g_down = _block_grads(xt, vt, branch, pre, hidden, down, first_order)
+        g_up, g_down = _block_grads(xt, vt, branch, pre, hidden, down, first_order, clip)
         acc_up, acc_down = acc_up + g_up, acc_down + g_down
         if (t + 1) % period == 0:
             up, down = up - lr * acc_up / period, down - lr * acc_down / period
