@@ -198,3 +198,27 @@ def test_probe_forward_reads_a_stream_and_traces_levels_slower_than_a_window():
     assert all(h.shape[1] == T for h in fwd.hooks.values())
     assert sorted(r.position for r in fwd.records if r.key == "blocks.0.cms.levels.1") == [24]
     assert max(r.position for r in fwd.records if r.key == "blocks.0.cms.levels.0") == 4 * T
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+def test_the_training_step_runs_the_model_once_on_the_carried_state(segments):
+    """LitLM.training_step itself: each step's loss is its window's loss read from the state the previous step
+    left (segments 3; with 1, every window from a fresh state), from one forward of the model per step."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    lit = LitLM("hope", CFG, TrainConfig(segments=segments)).to(DT)
+    x, y = tokens(K=3), tokens(K=3, seed=2)
+    windows = list(zip(x.split(T, dim=1), y.split(T, dim=1)))
+    with torch.no_grad():
+        if segments > 1:
+            want = [lm_loss(logits, yw) for logits, (_, yw) in zip(read_stream(lit.model, x, T), windows)]
+        else:
+            want = [lm_loss(lit.model(xw), yw) for xw, yw in windows]
+    calls = []
+    lit.model.register_forward_hook(lambda *args: calls.append(1))
+    for j, (xw, yw) in enumerate(windows):
+        lit._trainer = SimpleNamespace(global_rank=0, world_size=1, global_step=j)
+        got = lit.training_step((torch.tensor(j), xw, yw), j)["train_loss"]
+        assert torch.allclose(got, want[j], rtol=0, atol=1e-12), (j, got, want[j])
+    assert len(calls) == len(windows)

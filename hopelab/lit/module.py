@@ -127,8 +127,7 @@ class LitLM(pl.LightningModule):
             logits, new_state = read_window(self.model, x, state)  # [B, T, V]
             self.stream.put(int(step), new_state)
         else:
-            logits = self.model(x)  # [B, T, V]
-        logits = (self.compiled_forward or self.model)(x)  # [B, T, V]
+            logits = (self.compiled_forward or self.model)(x)  # [B, T, V]
         loss = lm_loss(logits, y)
         train_loss = loss.detach()
         if self.stream.segments > 1:
