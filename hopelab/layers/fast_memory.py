@@ -87,7 +87,9 @@ DEFAULT_EXECUTION = Execution()  # the chunked fast path, eager, keeping what ba
 
 class FastMemory(nn.Module):
     """Base of the fast-memory layers. A subclass sets `chunk_tokens` (the tokens of a full step) and defines
-    `initial_states`, `initial_state`, `fast_states` and `step`."""
+    `initial_states`, `initial_state`, `fast_states`, `reset_carry` and `step` (every layer does: SR-Titans,
+    Titans, CMSLevel). They raise NotImplementedError here rather than being abc.abstractmethods: an ABCMeta
+    nn.Module changed how torch.compile guards the chunk step (tests/test_compile.py counts its graphs)."""
 
     chunk_tokens: int
 
