@@ -35,7 +35,7 @@ from hopelab.layers.fast_memory import (
     Execution,
     FastMemory,
     Record,
-    _recorder,
+    fast_state_recorder,
     init_projection,
 )
 from hopelab.layers.hooks import HookPoint
@@ -161,7 +161,7 @@ class CMSLevel(FastMemory):
             return branch, (up, down), (g_up, g_down)
         step_size = lr / self.period
         up, down = up - step_size * g_up, down - step_size * g_down
-        record = _recorder(self, pos)
+        record = fast_state_recorder(self, pos)
         if record is not None:
             record(0, n, (up, down))
         return branch, (up, down), None

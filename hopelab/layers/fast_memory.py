@@ -121,7 +121,7 @@ class FastMemory(nn.Module):
     def run_chunks(self, carry: Carry, chunks: Sequence[tuple[int, tuple]], position: int) -> tuple[list, Carry]:
         """The chunks in order, each (its tokens, its step's arguments), from `carry` at token `position`.
         -> (the steps' outputs, the carry after the last)."""
-        record = _recorder(self, position)
+        record = fast_state_recorder(self, position)
         grad = torch.is_grad_enabled()
         compiled = _compiled(type(self).step) if self.execution.compile and grad and record is None else None
         reset = self.execution.intervention.reset_every
@@ -229,7 +229,7 @@ def trace_fast_states(model: nn.Module) -> Iterator[FastStateTrace]:
         _TRACED.reset(token)
 
 
-def _recorder(layer: FastMemory, position: int) -> Callable[[int, int, Carry], None] | None:
+def fast_state_recorder(layer: FastMemory, position: int) -> Callable[[int, int, Carry], None] | None:
     """record(chunk start, tokens into the chunk, carry) for a traced layer whose forward starts at `position`.
     None under torch.compile: a compiled forward records nothing (the probes trace the eager model), and
     ContextVar.get would split a whole-model graph at every layer (hopelab.models.cudagraphs)."""
