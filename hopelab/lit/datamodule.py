@@ -67,9 +67,10 @@ class StepDataModule(pl.LightningDataModule):
         # segments K > 1 (streaming): train on window step % K of streams of K windows; val and probe batches
         # are whole streams [B, K·T], read window by window (hopelab.models.streaming)
         span = context_len * check_segments(segments, data)
-        self.train_sampler = data.sampler("train", context_len, batch_size, seed)
         if segments > 1:
             self.train_sampler = StreamSampler(data.sampler("train", span, batch_size, seed), context_len, segments)
+        else:
+            self.train_sampler = data.sampler("train", context_len, batch_size, seed)
         # fixed held-out batches: the same for every variant and every seed of a study
         self.val = data.sampler("val", span, batch_size, 0).val_batches(val_batches)
         self.probe = data.sampler("val", span, batch_size, probe_seed).batch(0)
