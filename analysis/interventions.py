@@ -27,7 +27,7 @@ SWITCH_NAMES = {
 
 
 def switch_order(switches) -> list[str]:
-    """Switches in the paper's order, resets last by R."""
+    """Switches in the paper's order, then the resets and the persistent-CMS switch by name length."""
     have = set(switches) - {NONE}
     resets = sorted((s for s in have if s not in SWITCH_ORDER), key=lambda s: (len(s), s))
     return [s for s in SWITCH_ORDER if s in have] + resets
@@ -36,6 +36,8 @@ def switch_order(switches) -> list[str]:
 def switch_name(switch: str) -> str:
     if switch.startswith("reset_every_"):
         return f"reset every {switch.removeprefix('reset_every_')}"
+    if switch.startswith("cms_writes_off_from_"):
+        return f"CMS levels ≥ {switch.removeprefix('cms_writes_off_from_')} writes off"
     return SWITCH_NAMES.get(switch, switch)
 
 

@@ -22,9 +22,10 @@ LONG = {"context_len": 512, "segments": STREAM, "val_batches": 1, "ckpt_every": 
 
 
 def paper_cms(periods: tuple[int, ...] = PAPER_PERIODS, **train) -> dict:
-    """The model and train overrides of a streamed run with CMS `periods` (the train keys of LONG, overridable)."""
-    return {"model": {"context_len": LONG["context_len"], "cms_periods": periods},
-            "train": {k: v for k, v in {**LONG, **train}.items() if k != "context_len"}}
+    """The model and train overrides of a streamed run with CMS `periods` (the keys of LONG, overridable; its
+    context_len goes to the model)."""
+    train = {**LONG, **train}
+    return {"model": {"context_len": train.pop("context_len"), "cms_periods": periods}, "train": train}
 
 
 STUDY = Study(

@@ -222,3 +222,74 @@ def test_the_training_step_runs_the_model_once_on_the_carried_state(segments):
         got = lit.training_step((torch.tensor(j), xw, yw), j)["train_loss"]
         assert torch.allclose(got, want[j], rtol=0, atol=1e-12), (j, got, want[j])
     assert len(calls) == len(windows)
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope_attention"])
+def test_cms_writes_off_from_the_window_freezes_only_the_persistent_levels(variant):
+    """cms_writes_off_from_8 (listed for CFG: level 1's period 24 ≥ the 8-token window): over a stream, level 1
+    keeps its initial weights while level 0 (period 4) writes as trained."""
+    from hopelab.interventions import applicable_switches, switched
+
+    model = make(variant).eval()
+    assert "cms_writes_off_from_8" in applicable_switches(model)
+    assert "cms_writes_off_from_8" in applicable_switches(make(variant, cms_periods=(4, 8)))
+    assert "cms_writes_off_from_8" not in applicable_switches(make(variant, cms_periods=(2, 4)))
+    x = tokens(K=4)
+    runs = {}
+    with torch.no_grad():
+        for switch in ("none", "cms_writes_off_from_8"):
+            state = None
+            with switched(model, switch):
+                for window in x.split(T, dim=1):
+                    _, state = read_window(model, window, state)
+            runs[switch] = state.blocks
+        init = [model.blocks[b].cms.levels[1].initial_state(x.shape[0]) for b in (0, 1)]
+    off, on = runs["cms_writes_off_from_8"], runs["none"]
+    for block in (0, 1):
+        assert torch.equal(off[block].cms[1].up, init[block].up)  # frozen
+        assert not torch.equal(on[block].cms[1].up, off[block].cms[1].up)  # it does write when not frozen
+    assert torch.equal(off[0].cms[0].up, on[0].cms[0].up)  # level 0 of block 0 is upstream of what is frozen
+    assert not torch.equal(off[1].cms[0].up, on[1].cms[0].up)  # block 1's level 0 writes what it reads
+
+
+@pytest.mark.parametrize("variant", ["hope", "hope_attention", "transformer"])
+def test_a_probe_set_of_streams_is_read_as_trained(variant):
+    """position_losses of a stream [B, K·T] equals its windows read in order with the state carried: for hope
+    one pass over the stream, for hope_attention attention within each window and the CMS carried, for the
+    Transformer each window on its own. A switch acts over the whole stream."""
+    from hopelab.interventions import evaluate_switches, position_losses
+
+    model = make(variant).eval()
+    x, y = tokens(K=4), tokens(K=4, seed=2)
+    with torch.no_grad():
+        got = position_losses(model, x, y)
+        carried = torch.cat(list(read_stream(model, x, T)), dim=1)
+        fresh = torch.cat([model(w) for w in x.split(T, dim=1)], dim=1)
+    ce = torch.nn.functional.cross_entropy
+    assert got.shape == (2, 4 * T)
+    assert torch.allclose(got, ce(carried.float().transpose(1, 2), y, reduction="none"), atol=1e-6, rtol=0)
+    stateless = variant == "transformer"
+    assert torch.allclose(got, ce(fresh.float().transpose(1, 2), y, reduction="none"), atol=1e-6) == stateless
+    if stateless:
+        return
+    losses = evaluate_switches(model, (x, y), ["cms_writes_off_from_8"])
+    first_update = 24  # level 1 first writes at token 24: until then the switch changes nothing
+    assert torch.equal(losses["none"][:, :first_update], losses["cms_writes_off_from_8"][:, :first_update])
+    assert not torch.equal(losses["none"][:, first_update:], losses["cms_writes_off_from_8"][:, first_update:])
+
+
+def test_a_streamed_run_probes_interventions_on_streams():
+    """The intervene probe's set is STREAM_SEQUENCES streams of K windows when the run streams, 64 windows
+    otherwise."""
+    from hopelab.interventions import PROBE_SEQUENCES, STREAM_SEQUENCES
+    from hopelab.lit.datamodule import StepDataModule
+
+    class Data:  # the sampler interface over a range of token ids
+        def sampler(self, split, length, batch, seed):
+            return BatchSampler(np.arange(1000) % V, length, batch, seed)
+
+    for segments, want in ((5, (STREAM_SEQUENCES, 5 * T)), (1, (PROBE_SEQUENCES, T))):
+        dm = StepDataModule(Data(), T, batch_size=2, seed=0, val_batches=1, probe_seed=3, segments=segments)
+        x, y = dm.probe_set
+        assert x.shape == y.shape == want
+        assert torch.equal(x[:, 1:], y[:, :-1])  # next-token targets across the window boundaries too

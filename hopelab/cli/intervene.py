@@ -23,10 +23,13 @@ def intervene_command(
     step: Annotated[int | None, typer.Option("--step", help="checkpoint step [default: the last kept]")] = None,
     switch: Annotated[list[str] | None, typer.Option("--switch", metavar="NAME", help="a switch (repeatable) "
                                                      "[default: every switch the model has]")] = None,
-    sequences: Annotated[int, typer.Option("--sequences", help="validation sequences of the probe set")] = 64,
+    sequences: Annotated[int | None, typer.Option(
+        "--sequences", help="validation sequences of the probe set [default: 64 windows; 16 streams for a run "
+                            "trained on streams]")] = None,
 ) -> None:
     """Δ loss per switch (none, selfmod_writes_off, memory_writes_off, cms_writes_off, all_writes_off,
-    gate_open, gate_closed, reset_every_R) on a fixed probe set, paired by sequence."""
+    gate_open, gate_closed, reset_every_R, cms_writes_off_from_R) on a fixed probe set, paired by sequence.
+    A run trained on streams (`segments` K > 1) is evaluated on streams of K windows, read as trained."""
     import torch
     from rich.console import Console
 
@@ -45,7 +48,7 @@ def intervene_command(
 
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir} is not a run folder (no checkpoints/)")
-    if sequences < 2:
+    if sequences is not None and sequences < 2:
         raise UserError(f"--sequences must be >= 2, got {sequences}")
     for name in switch or []:
         intervention(name)  # an unknown name is a UserError before anything is loaded
@@ -59,7 +62,8 @@ def intervene_command(
     skipped = [n for n in asked if n not in have]
     if skipped:
         console.print(f"not in {trained.spec.variant} (no rows): {', '.join(skipped)}")
-    x, y = probe_set(trained.data(), model.config.context_len, trained.train.probe_seed, sequences)
+    x, y = probe_set(trained.data(), model.config.context_len, trained.train.probe_seed, sequences,
+                     trained.train.segments)
     losses = evaluate_switches(model, (x, y), [n for n in asked if n in have])
     path = write_probe_rows(trained.run_dir.probes, trained.labels, "intervene", trained.step,
                             intervention_rows(losses))

@@ -12,6 +12,7 @@ writes, and compare sequence by sequence: one trained run gives confidence inter
 from hopelab.interventions.evaluate import (
     PROBE,
     PROBE_SEQUENCES,
+    STREAM_SEQUENCES,
     SwitchEffect,
     effects_from_rows,
     evaluate_switches,
@@ -34,6 +35,7 @@ __all__ = [
     "NONE",
     "PROBE",
     "PROBE_SEQUENCES",
+    "STREAM_SEQUENCES",
     "SWITCH_HELP",
     "Interval",
     "SwitchEffect",

@@ -27,8 +27,10 @@ from torch import nn
 
 from hopelab.interventions.stats import Interval, bootstrap_ci, bucket_deltas, bucket_edges, seq_deltas
 from hopelab.interventions.switches import NONE, applicable_switches, applies, switched
+from hopelab.models.streaming import read_stream
 
 PROBE_SEQUENCES = 64  # validation sequences of the probe set (full context length)
+STREAM_SEQUENCES = 16  # streams of the probe set when training streams (`segments` K > 1): 16 x K windows
 EVAL_BATCH = 16  # sequences per forward (the logits of a batch are [B, T, V])
 BUCKETS = 8  # position buckets of the by-position Δ
 PROBE = "intervene"
@@ -37,16 +39,21 @@ WHOLE = -1  # effects_from_rows' bucket key of the whole sequence
 Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def probe_set(data, context_len: int, seed: int,
-              n: int = PROBE_SEQUENCES) -> tuple[torch.Tensor, torch.Tensor]:
-    """n windows of full context length from the validation tokens, a function of the seed alone (the same
-    for every variant of a study): x, y [n, T]."""
-    return data.sampler("val", context_len, n, seed).batch(0)
+def probe_set(data, context_len: int, seed: int, n: int | None = None,
+              segments: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """n sequences of `segments` × context_len tokens from the validation tokens, a function of the seed alone
+    (the same for every variant of a study): x, y [n, K·T]. A stream (K > 1) is evaluated as it is trained,
+    window by window with the fast state carried, so a switch acts on the levels only streams update.
+    n defaults to PROBE_SEQUENCES windows, or STREAM_SEQUENCES streams."""
+    n = n if n is not None else (PROBE_SEQUENCES if segments == 1 else STREAM_SEQUENCES)
+    return data.sampler("val", context_len * segments, n, seed).batch(0)
 
 
 def position_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every position: x, y [B, T] -> [B, T] (float32)."""
-    logits = model(x)  # [B, T, V]
+    """Cross-entropy of every position: x, y [B, T] -> [B, T] (float32). A sequence longer than the model's
+    context is a stream, read window by window with every fast state carried (hopelab.models.streaming)."""
+    context = getattr(getattr(model, "config", None), "context_len", x.shape[1])
+    logits = model(x) if x.shape[1] <= context else torch.cat(list(read_stream(model, x, context)), dim=1)
     return F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # [B, T]
 
 

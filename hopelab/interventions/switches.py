@@ -18,6 +18,9 @@ context beyond its memories):
     gate_open            the surprise gate passes every token (gated variants)
     gate_closed          the surprise gate passes none: no SR-Titans write
     reset_every_R        the fast weights go back to their initial state every R tokens, R ∈ {C, 2C, 4C}
+    cms_writes_off_from_R  the CMS levels with periods of R tokens or more keep their state, the faster ones
+                         write; listed with R = the context length (the persistent levels: a level updates at
+                         the end of each period, so only a stream read across windows reads what those write)
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from hopelab.models.transformer import CausalSelfAttention
 
 NONE = "none"
 RESET_PREFIX = "reset_every_"
+CMS_FROM_PREFIX = "cms_writes_off_from_"
 RESET_CHUNKS = (1, 2, 4)  # reset_every_R for R = chunk_size × these
 SWITCH_HELP = ("none, selfmod_writes_off, memory_writes_off, cms_writes_off, all_writes_off, gate_open, "
-               "gate_closed, reset_every_R (R in tokens, e.g. reset_every_16)")
+               "gate_closed, reset_every_R (R in tokens, e.g. reset_every_16), cms_writes_off_from_R (e.g. "
+               "cms_writes_off_from_128)")
 
 _FIXED: dict[str, Intervention] = {
     NONE: Intervention(),
@@ -50,6 +55,7 @@ _FIXED: dict[str, Intervention] = {
     "gate_closed": Intervention(gate="closed"),
 }
 _RESET_RE = re.compile(rf"^{RESET_PREFIX}(\d+)$")
+_CMS_FROM_RE = re.compile(rf"^{CMS_FROM_PREFIX}(\d+)$")
 
 
 def intervention(name: str) -> Intervention:
@@ -59,6 +65,9 @@ def intervention(name: str) -> Intervention:
     m = _RESET_RE.match(name)
     if m and int(m.group(1)) > 0:
         return Intervention(reset_every=int(m.group(1)))
+    m = _CMS_FROM_RE.match(name)
+    if m and int(m.group(1)) > 0:
+        return Intervention(cms_frozen_from=int(m.group(1)))
     raise UserError(f"unknown switch {name!r}; choose from: {SWITCH_HELP}")
 
 
@@ -82,6 +91,9 @@ def applies(model: nn.Module, name: str) -> bool:
         return bool(kinds & {"selfmod", "titans"})
     if name == "cms_writes_off":
         return "cms" in kinds
+    if iv.cms_frozen_from is not None:  # some level is frozen and some other still writes
+        periods = [s.module.period for s in sites if s.kind == "cms"]
+        return any(p >= iv.cms_frozen_from for p in periods) and any(p < iv.cms_frozen_from for p in periods)
     if any(isinstance(m, CausalSelfAttention) for m in model.modules()):
         return False  # all_writes_off, reset_every_R: attention still reads every earlier token
     if iv.gate != "learned":
@@ -106,9 +118,15 @@ def reset_switches(model: nn.Module) -> list[str]:
     return [f"{RESET_PREFIX}{m * chunk}" for m in RESET_CHUNKS] if chunk else []
 
 
+def persistent_cms_switches(model: nn.Module) -> list[str]:
+    """cms_writes_off_from_R for R = the context length (it applies when a CMS level's period is a window or more)."""
+    context = getattr(getattr(model, "config", None), "context_len", None)
+    return [f"{CMS_FROM_PREFIX}{context}"] if context else []
+
+
 def applicable_switches(model: nn.Module) -> list[str]:
     """Every switch that applies to `model`, `none` first."""
-    names = [*_FIXED, *reset_switches(model)]
+    names = [*_FIXED, *reset_switches(model), *persistent_cms_switches(model)]
     return [n for n in names if applies(model, n)]
 
 

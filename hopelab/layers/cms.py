@@ -107,7 +107,7 @@ class CMSLevel(FastMemory):
         keys = self.W_key(x) if self.objective == "kv" else None  # [B, T, D]; None: the inner loss at x
         lr = F.softplus(self.lr_raw)
         intervention = self.execution.intervention
-        if intervention.freezes("cms"):  # no write: the in-context learning rate masked to 0 (Eq 71)
+        if intervention.freezes_cms_level(self.period):  # no write: the in-context learning rate masked to 0 (Eq 71)
             lr = torch.zeros_like(lr)
         up, down, acc, pos = state.up, state.down, state.acc, state.pos
         head = min(self.period - pos % self.period, x.shape[1]) if pos % self.period else 0

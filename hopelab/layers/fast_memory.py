@@ -50,15 +50,23 @@ class Intervention:
     frozen: tuple[str, ...] = ()
     gate: Literal["learned", "open", "closed"] = "learned"  # the surprise gate as computed, or forced to 1 / 0
     reset_every: int | None = None  # fast weights back to their initial state every this many tokens
+    # CMS levels whose period is this many tokens or more keep their state (with the context length: the
+    # persistent levels, whose writes only a stream read across windows reads); the faster levels write
+    cms_frozen_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.gate not in ("learned", "open", "closed"):
             raise ValueError(f"gate must be 'learned', 'open' or 'closed', got {self.gate!r}")
         if self.reset_every is not None and self.reset_every < 1:
             raise ValueError(f"reset_every must be >= 1, got {self.reset_every}")
+        if self.cms_frozen_from is not None and self.cms_frozen_from < 1:
+            raise ValueError(f"cms_frozen_from must be >= 1, got {self.cms_frozen_from}")
 
     def freezes(self, memory: str) -> bool:
         return memory in self.frozen
+
+    def freezes_cms_level(self, period: int) -> bool:
+        return self.freezes("cms") or (self.cms_frozen_from is not None and period >= self.cms_frozen_from)
 
 
 NO_INTERVENTION = Intervention()

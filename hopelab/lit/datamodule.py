@@ -74,8 +74,8 @@ class StepDataModule(pl.LightningDataModule):
         # fixed held-out batches: the same for every variant and every seed of a study
         self.val = data.sampler("val", span, batch_size, 0).val_batches(val_batches)
         self.probe = data.sampler("val", span, batch_size, probe_seed).batch(0)
-        # the intervene probe's sequences: single windows, each read from a fresh state even when streaming
-        self.probe_set = probe_set(data, context_len, probe_seed)
+        # the intervene probe's sequences: windows, or streams read as trained (hopelab.interventions.probe_set)
+        self.probe_set = probe_set(data, context_len, probe_seed, segments=segments)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
