@@ -106,7 +106,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
-    optimizer: Literal["adamw", "m3"] = "adamw"  # m3: Algorithm 1 on matrices, AdamW on the rest (hopelab.optim)
+    # m3: Algorithm 1 as printed on matrices, AdamW on the rest; m3_ema: its prose's reading, moving-average
+    # momenta and second moment (hopelab.optim.m3)
+    optimizer: Literal["adamw", "m3", "m3_ema"] = "adamw"
     segments: int = 1  # K > 1: a sample is a stream of K consecutive context windows, one per optimizer step,
     # every fast state carried from window to window (hopelab.models.streaming); 1: independent windows
     grad_clip: float = 1.0

@@ -29,28 +29,42 @@ def ns_literal(m: torch.Tensor, T: int) -> torch.Tensor:
     return Q.reshape(m.shape)
 
 
-def algorithm1(theta0, grad, n_steps, eta, T, b1, b2, b3, alpha, eps, f):
-    """Algorithm 1 as printed; the slow sum over the previous chunk's f gradients (each gradient once)."""
+def algorithm1(theta0, grad, n_steps, eta, T, b1, b2, b3, alpha, eps, f, ema=False):
+    """Algorithm 1 as printed; the slow sum over the previous chunk's f gradients (each gradient once). With
+    `ema`, its prose's reading: each momentum and V a moving average, V bias-corrected as in Adam."""
     theta = theta0.clone()
     M1, M2, V = torch.zeros_like(theta), torch.zeros_like(theta), torch.zeros_like(theta)
     g, thetas, k = {}, [], 0
     while True:
-        M2 = M2 + b3 * sum((g[i] for i in range((k - 1) * f + 1, k * f + 1) if i in g), torch.zeros_like(theta))
+        chunk = sum((g[i] for i in range((k - 1) * f + 1, k * f + 1) if i in g), torch.zeros_like(theta))
+        if k == 0:
+            pass  # no previous chunk: M2 stays 0
+        elif ema:
+            M2 = b3 * M2 + (1 - b3) * chunk
+        else:
+            M2 = M2 + b3 * chunk
         O2 = ns_literal(M2, T)
         for t in range(k * f + 1, (k + 1) * f + 1):
             g[t] = grad(theta)
-            M1 = M1 + b1 * g[t]
-            V = V + b2 * g[t] ** 2
+            if ema:
+                M1 = b1 * M1 + (1 - b1) * g[t]
+                V = b2 * V + (1 - b2) * g[t] ** 2
+                V_hat = V / (1 - b2**t)
+            else:
+                M1 = M1 + b1 * g[t]
+                V = V + b2 * g[t] ** 2
+                V_hat = V
             O1 = ns_literal(M1, T)
-            theta = theta - eta * (O1 + alpha * O2) / (V.sqrt() + eps)
+            theta = theta - eta * (O1 + alpha * O2) / (V_hat.sqrt() + eps)
             thetas.append(theta)
             if t == n_steps:
                 return thetas
         k += 1
 
 
+@pytest.mark.parametrize("averaging", ["sum", "ema"])
 @pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2)])
-def test_m3_follows_algorithm_1_step_by_step(shape):
+def test_m3_follows_algorithm_1_step_by_step(shape, averaging):
     torch.manual_seed(0)
     A, target = torch.randn(7, shape[0], **F64), torch.randn(7, *shape[1:], **F64)
     theta0 = torch.randn(shape, **F64)
@@ -63,16 +77,18 @@ def test_m3_follows_algorithm_1_step_by_step(shape):
         return torch.autograd.grad(loss(theta), theta)[0]
 
     hp = dict(eta=0.03, T=4, b1=0.9, b2=0.99, b3=0.5, alpha=0.7, eps=1e-8, f=3)
-    want = algorithm1(theta0, grad, 11, **hp)
+    ema = averaging == "ema"
+    want = algorithm1(theta0, grad, 11, **hp, ema=ema)
     p = torch.nn.Parameter(theta0.clone())
     opt = M3([p], lr=hp["eta"], betas=(hp["b1"], hp["b2"], hp["b3"]), alpha=hp["alpha"], eps=hp["eps"],
-             ns_steps=hp["T"], frequency=hp["f"])
+             ns_steps=hp["T"], frequency=hp["f"], averaging=averaging)
     for t, theta in enumerate(want, 1):
         opt.zero_grad()
         loss(p).backward()
         opt.step()
         torch.testing.assert_close(p.data, theta, rtol=1e-10, atol=1e-12, msg=f"step {t}")
-    assert not torch.allclose(want[-1], algorithm1(theta0, grad, 11, **dict(hp, alpha=0.0))[-1])  # slow memory acts
+    assert not torch.allclose(want[-1], algorithm1(theta0, grad, 11, **dict(hp, alpha=0.0), ema=ema)[-1])  # slow acts
+    assert not torch.allclose(want[-1], algorithm1(theta0, grad, 11, **hp, ema=not ema)[-1])  # the readings differ
 
 
 def test_newton_schulz_approaches_the_polar_factor():

@@ -120,7 +120,8 @@ def test_user_study_file_and_its_errors(tmp_path):
     with pytest.raises(UserError, match="must define STUDY = Study"):
         load_study(str(no_study))
     with pytest.raises(UserError, match="unknown study 'nope'; choose one of: ablation, cms_levels, cms_periods, "
-                                        "cms_persistent, cms_streams, lr_sweep, optimizer, recall, recall_quick, scaling"):
+                                        "cms_persistent, cms_streams, lr_sweep, optimizer, recall, recall_quick, "
+                                        "scaling"):
         load_study("nope")
 
 
@@ -242,7 +243,8 @@ def test_cli_dry_run_shows_state_and_shards(tmp_path):
     "args, needle",
     [
         (["study", "nosuch"], "unknown study 'nosuch'; choose one of: ablation, cms_levels, cms_periods, "
-                               "cms_persistent, cms_streams, lr_sweep, optimizer, recall, recall_quick, scaling, surprise_sweep"),
+                               "cms_persistent, cms_streams, lr_sweep, optimizer, recall, recall_quick, scaling, "
+                               "surprise_sweep"),
         (["study", "ablation", "--scale", "huge", "--dry-run"], "unknown scale 'huge'; choose one of: tiny, small"),
         (["study", "show", "ablation", "--set", "dimm=3"], "unknown --set key 'dimm'; valid model keys:"),
         (["study", "ablation", "--set", "dim", "--dry-run"], "expected KEY=VALUE"),

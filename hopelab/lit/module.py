@@ -144,9 +144,9 @@ class LitLM(pl.LightningModule):
     def configure_optimizers(self):
         t = self.train_cfg
         groups = param_groups(self.model, t.weight_decay)
-        if t.optimizer == "m3":  # Algorithm 1 on the decayed matrices (as Muon), AdamW on the rest
+        if t.optimizer in ("m3", "m3_ema"):  # Algorithm 1 on the decayed matrices (as Muon), AdamW on the rest
             groups = [dict(groups[0], m3=True), dict(groups[1], m3=False)]
-            opt = M3(groups, lr=t.lr, adamw_betas=tuple(t.betas))
+            opt = M3(groups, lr=t.lr, adamw_betas=tuple(t.betas), averaging="ema" if t.optimizer == "m3_ema" else "sum")
         else:
             opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t))

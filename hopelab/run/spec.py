@@ -100,8 +100,8 @@ def check_train_config(t: TrainConfig) -> None:
         raise UserError(f"lr must be > 0, got {t.lr}")
     if t.schedule not in ("constant", "cosine"):
         raise UserError(f"unknown schedule {t.schedule!r}; choose constant or cosine")
-    if t.optimizer not in ("adamw", "m3"):
-        raise UserError(f"unknown optimizer {t.optimizer!r}; choose adamw or m3")
+    if t.optimizer not in ("adamw", "m3", "m3_ema"):
+        raise UserError(f"unknown optimizer {t.optimizer!r}; choose adamw, m3 or m3_ema")
     if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0:
         raise UserError("warmup_steps, grad_clip and weight_decay must be >= 0")
 
