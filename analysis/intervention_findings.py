@@ -13,7 +13,9 @@ from analysis.interventions import intervention_effects, rise_with_position, swi
 from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
 from analysis.stats import CONFIDENCE
+from analysis.style import display_name, run_name_order
 from analysis.summary import reference_run_name
+from hopelab.interventions.switches import CMS_FROM_PREFIX
 
 INIT_SHIFT_DRIFT = 0.05  # meta-state drift from init / its norm at or above: the initial state moved a lot
 
@@ -94,9 +96,34 @@ def _in_context_benefit(study: StudyResults, scales: list[str], effects: dict[st
     return claim("interventions", "In-context benefit of each mechanism (Full HOPE, Table 3): ", parts, numbers)
 
 
+def _persistent_levels(scales: list[str], effects: dict[str, pd.DataFrame]) -> Claim | None:
+    """Whether the CMS levels slower than a window (trained on streams) carry anything the model reads: every run
+    with the switch cms_writes_off_from_R, the Δ of freezing those levels alone."""
+    parts, numbers = [], {}
+    for scale in scales:
+        e = effects[scale]
+        e = e[e["switch"].str.startswith(CMS_FROM_PREFIX)] if len(e) else e
+        bits = []
+        for name in run_name_order(e["run_name"].unique()):
+            r = e[e["run_name"] == name].iloc[0]
+            read = ("read" if r["delta_lo"] > 0 else "hurt" if r["delta_hi"] < 0 else "no detectable effect")
+            delta = fmt_interval(r["delta"], r["delta_lo"], r["delta_hi"], int(r["n"]))
+            bits.append(f"{display_name(r['run_name'])}: {delta} ({read})")
+            numbers[(scale, r["run_name"])] = {"delta": r["delta"], "lo": r["delta_lo"], "hi": r["delta_hi"]}
+        if bits:
+            period = e["switch"].iloc[0].removeprefix(CMS_FROM_PREFIX)
+            parts.append(f"at {scale}, freezing the levels of period ≥ {period} tokens (a window or more: only a "
+                         f"later window reads what they write) at evaluation, the faster levels writing: "
+                         + "; ".join(bits))
+    lead = ("Persistent CMS levels (read = the model uses what its slow levels wrote in earlier windows: Δ > 0, "
+            "interval above 0; hurt: the model is better without those writes): ")
+    return claim("persistent CMS levels", lead, parts, numbers)
+
+
 def intervention_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
     """The findings that rest on the interventions' intervals (Table 3, Figure 6)."""
     scales = scales or study.scales
     effects = {scale: intervention_effects(study, scale) for scale in scales}
-    out = [_selfmod_intervention(study, scales, effects), _in_context_benefit(study, scales, effects)]
+    out = [_selfmod_intervention(study, scales, effects), _in_context_benefit(study, scales, effects),
+           _persistent_levels(scales, effects)]
     return [f for f in out if f is not None]

@@ -406,3 +406,20 @@ def test_cli_tables_and_one_figure(monkeypatch, capsys, tmp_path, study_root):
                         tmp_path / "f")
     assert code == 0 and sorted(p.name for p in (tmp_path / "f").iterdir()) == ["fig4_importance.pdf",
                                                                               "fig4_importance.png"]
+
+
+def test_persistent_cms_finding_names_each_run_with_its_interval():
+    """The streamed-levels finding reads the cms_writes_off_from_R rows alone: 'read' only when the interval is
+    above 0, 'no detectable effect' across 0; nothing is said without such rows."""
+    from analysis.intervention_findings import _persistent_levels
+
+    cols = ["run_name", "switch", "delta", "delta_lo", "delta_hi", "n"]
+    e = pd.DataFrame([("hope", "cms_writes_off_from_128", 0.02, 0.01, 0.03, 16),
+                      ("hope-levels2", "cms_writes_off_from_128", 0.001, -0.002, 0.004, 16),
+                      ("hope", "cms_writes_off", 0.5, 0.4, 0.6, 16)], columns=cols)
+    c = _persistent_levels(["tiny"], {"tiny": e})
+    assert "period ≥ 128 tokens" in c.text
+    assert "Full HOPE: Δ = +0.0200 nats (95% CI [+0.0100, +0.0300], n = 16 sequences) (read)" in c.text
+    assert "Full HOPE [levels2]: Δ = +0.0010" in c.text and "(no detectable effect)" in c.text
+    assert "+0.5000" not in c.text  # cms_writes_off (every level) is another finding's
+    assert _persistent_levels(["tiny"], {"tiny": e[e["switch"] == "cms_writes_off"]}) is None

@@ -54,9 +54,9 @@ def test_compiled_chunk_step_matches_eager_in_outputs_and_every_gradient():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-def _tiny_run(tmp_path, name: str, **spec_kw):
+def _tiny_run(tmp_path, name: str, settings: dict | None = None, **spec_kw):
     """A 4-step hope run (1 layer, context 32) on a small word corpus -> (its RunSpec, its RunState, its train
-    losses by step). `spec_kw`: how it executes (compile=, cudagraphs=, probes=, ...)."""
+    losses by step). `settings`: --set overrides; `spec_kw`: how it executes (compile=, cudagraphs=, ...)."""
     import random
 
     import pyarrow.parquet as pq
@@ -69,7 +69,7 @@ def _tiny_run(tmp_path, name: str, **spec_kw):
         words = "the of and to in a is that for it as was with be by on not he this are or his from at".split()
         corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(30)))
     settings = {"dim": 16, "n_layers": 1, "n_heads": 2, "chunk_size": 4, "cms_periods": "8", "context_len": 32,
-                "vocab_size": 300, "batch_size": 3, "ckpt_every": 2, "val_batches": 1}
+                "vocab_size": 300, "batch_size": 3, "ckpt_every": 2, "val_batches": 1, **(settings or {})}
     model_over, train_over = parse_overrides([f"{k}={v}" for k, v in settings.items()])
     spec = RunSpec(variant="hope", scale="tiny", steps=4, data=str(corpus), out=str(tmp_path / name),
                    model_overrides=model_over, train_overrides=train_over, accelerator="cpu", **spec_kw)
@@ -99,6 +99,16 @@ def test_a_compiled_training_run_follows_the_eager_one(tmp_path):
     spec, result, _ = _tiny_run(tmp_path, "cFalse", compile=True)
     assert result.status == "done" and result.last_step == 4
     assert len(json.loads((spec.run_dir / "manifest.json").read_text())["attempts"]) == 1
+
+
+@pytest.mark.slow
+def test_a_compiled_streamed_run_follows_the_eager_one(tmp_path):
+    """`--compile` with `segments=2`: the state carried between windows (a CMS level of period 48 ends each
+    window inside a block, so its partial block gradients are carried) gives the eager losses step by step."""
+    settings = {"segments": 2, "cms_periods": "8,48"}
+    losses = {c: _tiny_run(tmp_path, f"s{c}", settings, compile=c)[2] for c in (False, True)}
+    assert len(losses[True]) == 4
+    assert abs(losses[True] - losses[False]).max() < 1e-4 * abs(losses[False]).max(), losses
 
 
 @pytest.mark.slow
