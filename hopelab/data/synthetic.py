@@ -8,11 +8,12 @@ Tasks (token 0 is filler, token 1 a separator; the rest of the vocabulary is the
   mqar   multi-query associative recall (the zoology benchmark's layout). `pairs` key-value pairs
          k1 v1 k2 v2 ... (keys and values distinct, from disjoint halves of the vocabulary), then the query
          region: slots of two tokens, filler "0 0" except at `queries` slots that hold "k v" for an earlier
-         key (each key queried at most once). The answer is v, predicted at the query key. Law of the query
-         distances: the query slots are drawn one after another without replacement, slot s (0 = right
-         after the pairs) with probability ∝ (s + 1)^-alpha among the slots left; the keys asked there are a
-         uniformly random choice of the pairs. A query at slot s of pair j sits 2·pairs + 2·s − 2·j tokens
-         after its key.
+         key (with queries <= pairs each key is queried at most once; with more, every key is asked
+         ⌊queries/pairs⌋ or ⌈queries/pairs⌉ times, so a later query may also copy an earlier query's answer).
+         The answer is v, predicted at the query key. Law of the query distances: the query slots are drawn
+         one after another without replacement, slot s (0 = right after the pairs) with probability
+         ∝ (s + 1)^-alpha among the slots left; the keys asked there are a uniformly random choice of the
+         pairs. A query at slot s of pair j sits 2·pairs + 2·s − 2·j tokens after its key.
   copy   [sep] span [sep] span [filler...]: a random span of `span` tokens, then the same span; the answers
          are the second span's tokens.
 
@@ -58,7 +59,7 @@ class MQAR:
     len: int | None = None
     vocab: int = 256
     alpha: float = 1.0
-    queries: int | None = None  # None: every pair is queried once
+    queries: int | None = None  # None: every pair is queried once; more than pairs: keys asked again
 
     @property
     def n_keys(self) -> int:
@@ -80,8 +81,6 @@ class MQAR:
         where = f"synthetic:mqar with pairs={self.pairs}"
         if self.pairs < 1 or self.n_queries < 1:
             raise UserError(f"{where}: pairs and queries must be >= 1")
-        if self.n_queries > self.pairs:
-            raise UserError(f"{where}: queries={self.n_queries} is more than the pairs (each is asked once)")
         if self.n_keys < self.pairs or self.vocab - FIRST_TASK_TOKEN - self.n_keys < self.pairs:
             raise UserError(f"{where}: vocab={self.vocab} is too small (needs >= {2 * self.pairs + 2})")
         if self.slots(T) < self.n_queries:
@@ -102,7 +101,8 @@ class MQAR:
         # Gumbel top-Q of log w: exactly successive sampling without replacement with probability ∝ w
         scores = np.log(self.slot_weights(T)) + rng.gumbel(size=(n, S))  # [n, S]
         slot = np.argsort(-scores, axis=1)[:, :Q]  # [n, Q]
-        pair = np.argsort(rng.random((n, N)), axis=1)[:, :Q]  # [n, Q] which pairs are asked
+        rounds = -(-Q // N)  # each round asks every pair once, in a random order
+        pair = np.concatenate([np.argsort(rng.random((n, N)), axis=1) for _ in range(rounds)], axis=1)[:, :Q]
         at = 2 * N + 2 * slot  # [n, Q] position of the query key
         seq[rows, at], seq[rows, at + 1] = keys[rows, pair], values[rows, pair]
         mask = np.zeros((n, T), dtype=bool)
