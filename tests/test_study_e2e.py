@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -105,3 +106,57 @@ def test_tiny_study_killed_midway_resumes_to_completion(tmp_path, monkeypatch):
     # 3. once more: everything is finished, nothing is trained
     again = CliRunner().invoke(app, args, terminal_width=200)
     assert again.exit_code == 0 and "4 of 4 runs already finished" in again.output
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts: in a container nothing may reap it)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_sigterm_to_the_study_stops_its_worker_processes_too(tmp_path):
+    """`kill PID` of `hopelab study --jobs 2` (the parent alone, as a scheduler does): it exits 130 within
+    seconds, its two workers stop their runs and exit (none left training on its own), and study.json holds
+    no run as running."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    study_file = tmp_path / "long.py"
+    study_file.write_text(
+        "from hopelab.study import Cell, Study\n"
+        "STUDY = Study(name='long', description='runs that outlast the test', cells=[Cell('transformer')], "
+        "scales=('tiny',), seeds=2)\n"
+    )
+    out = tmp_path / "runs"
+    settings = [a.replace(f"steps={STEPS}", "steps=100000").replace("ckpt_every=2", "ckpt_every=1000")
+                for a in TINY]
+    args = ["study", "run", str(study_file), "--out", str(out), "--data", str(corpus), "--jobs", "2", *settings]
+    root = out / "long"
+    locks = [root / ".locks" / f"tiny.transformer.seed{s}.lock" for s in (0, 1)]
+    log = tmp_path / "study.log"
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "hopelab.cli", *args], stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "HOPELAB_CACHE": str(tmp_path / "cache")})
+    try:
+        deadline = time.monotonic() + 180
+        workers: set[int] = set()
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            for lock in locks:
+                with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+                    workers.add(json.loads(lock.read_text())["pid"])
+            time.sleep(0.1)
+        assert len(workers) == 2, f"the runs did not start; output: {log.read_text()[-2000:]}"
+        assert proc.pid not in workers  # the runs train in the worker processes
+        time.sleep(3)  # inside the training loop
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=90) == 130, log.read_text()[-2000:]
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in workers), f"workers left running: {workers}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    study = json.loads((root / "study.json").read_text())
+    assert len(study["runs"]) == 2 and all(r["status"] != "running" for r in study["runs"]), study["runs"]

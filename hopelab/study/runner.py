@@ -9,11 +9,14 @@ run's state in study.json, and keeps going when a run fails (NaN) or crashes. Ea
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue as queue_mod
+import signal
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
@@ -43,9 +46,9 @@ def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -
         check_same_config(run)
         running = RunState(spec.run_id, STATUS_RUNNING, reason=f"pid {os.getpid()} on {HOST}")
         record_runs(root, [run_record(run, running)])
-        from hopelab.run import train_one
-
         try:
+            from hopelab.run import train_one  # seconds (Lightning): an interrupt here is recorded too
+
             state = train_one(spec, progress=progress)
         except (UserError, KeyboardInterrupt, SystemExit) as err:
             record_runs(root, [run_record(run, run_dir.state())])
@@ -66,9 +69,17 @@ def execute_run(run: PlannedRun, root: Path, progress: Progress | None = None) -
 _QUEUE = None  # set in each worker process: progress messages go back to the parent through it
 
 
+def _interrupt_once(signum, frame) -> None:
+    """A worker's SIGINT handler: the first one stops its run (KeyboardInterrupt, so the run is recorded), later
+    ones are ignored (Ctrl+C reaches the worker from the terminal and again from the parent)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _init_worker(progress_queue, threads: int) -> None:
     global _QUEUE
     _QUEUE = progress_queue
+    signal.signal(signal.SIGINT, _interrupt_once)
     import torch
 
     torch.set_num_threads(threads)
@@ -107,7 +118,8 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
     if outcomes:
         console.print(f"{len(outcomes)} of {len(runs)} runs already finished; skipping them")
     todo_steps = {run.spec.run_id: run.steps for run in todo}
-    with StudyProgress(console, title, total=len(runs), done=len(outcomes), todo=todo_steps) as display:
+    with StudyProgress(console, title, total=len(runs), done=len(outcomes), todo=todo_steps) as display, \
+            sigterm_interrupts():
         if launch is not None:
             from hopelab.study.launch import launch_jobs
 
@@ -122,6 +134,24 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
         else:
             _run_pool(todo, root, display, jobs, outcomes)
     return [outcomes[run.spec.run_id] for run in runs]
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside: SIGTERM (`kill PID`, a scheduler stopping the study) stops the study as Ctrl+C does, so the
+    runs in progress are recorded and the worker processes stopped, none left training on their own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def died(run: PlannedRun, root: Path, why: str) -> RunState:
@@ -156,6 +186,11 @@ def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: 
                     outcome = died(run, root, f"worker died: {err}")
                 outcomes[run.spec.run_id] = outcome
                 display.finished(outcome)
+    except BaseException:  # Ctrl+C or SIGTERM here, or a bad-input error: stop the runs in progress too
+        for process in list((pool._processes or {}).values()):  # noqa: SLF001 - the executor keeps no public list
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _drain(messages, display)
