@@ -12,7 +12,7 @@ from hopelab.errors import CommandFailed
 
 def train_command(
     variant: Annotated[str, typer.Option("--variant", help="hope, hope_no_cms, hope_no_selfmod, hope_no_surprise, "
-                                         "titans, transformer, transformer_matched")],
+                                         "hope_attention, titans, transformer, transformer_matched")],
     scale: Annotated[str, typer.Option("--scale", help="tiny, small or scaled")] = "tiny",
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps [default: the scale's]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and of the batch order")] = 0,
