@@ -11,10 +11,11 @@ import math
 import pandas as pd
 
 from analysis.claims import Claim, claim
+from analysis.comparisons import baselines, effect, fmt_delta, run_row, settings, single_seed
 from analysis.intervention_findings import intervention_findings
 from analysis.load import StudyResults
 from analysis.select import last_step_rows, probe_rows
-from analysis.stats import CONFIDENCE, NO_TEST, POWER, detectable_effect, fmt_p, fmt_pct, mean_ci, seed_spread
+from analysis.stats import CONFIDENCE, POWER, detectable_effect, fmt_pct, mean_ci, seed_spread
 from analysis.style import display_name
 from analysis.summary import (
     ablation_run_names,
@@ -35,55 +36,12 @@ from analysis.thresholds import (  # noqa: F401 - re-exported: the wording's thr
     THRESHOLDS,
     UNIGRAM_MARGIN,
 )
-from analysis.within_run import fmt_within, within_run_delta, within_run_effect
-from hopelab.interventions import Interval
-
-
-def fmt_count(n: float) -> str:
-    """37034 -> "37.0k", 19.0e6 -> "19.0M"."""
-    if n is None or math.isnan(n):
-        return "?"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{n:.0f}"
-
-
-def effect(r: pd.Series, spread: float = math.nan) -> str:
-    """"worse" | "better" | "none" | "within-spread" | "untested-worse" | "untested-better" | "unknown" for a Δ
-    row; `spread` is the seed-to-seed spread at its scale (NaN with one seed)."""
-    if r is None or math.isnan(r["delta"]):
-        return "unknown"
-    if r["test"] == NO_TEST or math.isnan(r["delta_lo"]):
-        if abs(r["delta"]) <= DELTA_EPS:
-            return "none"
-        return "untested-worse" if r["delta"] > 0 else "untested-better"
-    if r["delta_lo"] <= 0 <= r["delta_hi"]:
-        return "none"
-    if not math.isnan(spread) and abs(r["delta"]) <= spread:
-        return "within-spread"  # the interval excludes 0, but the Δ is smaller than seeds differ by
-    return "worse" if r["delta_lo"] > 0 else "better"
-
-
-def fmt_delta(r: pd.Series) -> str:
-    """"Δ = +0.316 nats (95% CI [+0.290, +0.342], p = 0.003, paired t-test by seed, n = 3/3)"."""
-    s = f"Δ = {r['delta']:+.3f} nats"
-    if r["test"] == NO_TEST or math.isnan(r["delta_lo"]):
-        return s + f" (single seed, no interval; n = {int(r['n_done'])})"
-    p = fmt_p(r["p"])
-    p = f"p {p[0]} {p[1:]}" if p.startswith("<") else f"p = {p}"
-    return (s + f" ({CONFIDENCE:.0%} CI [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}], {p}, "
-            f"{r['test']}, n = {int(r['n_done'])})")
+from analysis.within_run import fmt_within, within_run_effect
 
 
 def _plus_minus(half: float) -> str:
     """" ± 0.012", or nothing when there is no interval (one seed)."""
     return f" ± {half:.3f}" if not math.isnan(half) else ""
-
-
-def _row(ab: pd.DataFrame, scale: str, run_name: str) -> pd.Series | None:
-    sel = ab[(ab["scale"] == scale) & (ab["run_name"] == run_name)]
-    return sel.iloc[0] if len(sel) and sel.iloc[0]["n_done"] > 0 else None
 
 
 _REMOVES = {"hope_no_selfmod": "self-modification", "hope_no_cms": "the CMS", "hope_no_surprise": "the surprise gate"}
@@ -97,19 +55,12 @@ def _within(spread: float) -> str:
     return f"makes no difference beyond the seed-to-seed spread ({spread:.3f} nats)" if not math.isnan(spread) else ""
 
 
-def _single_seed(study: StudyResults, scale: str, base: str | None, r: pd.Series) -> Interval | None:
-    """With one seed (no interval over seeds): the within-run interval of `r`'s run against `base`, if any."""
-    if base is None or not (r["test"] == NO_TEST or math.isnan(r["delta_lo"])):
-        return None
-    return within_run_delta(study, scale, base, r["run_name"])
-
-
 def _ablation_finding(study: StudyResults, ab: pd.DataFrame, scales: list[str], variant: str,
                       spreads: dict[str, float]) -> Claim | None:
     what = _REMOVES[variant]
     parts, numbers = [], {}
     for scale in scales:
-        r = _row(ab, scale, variant)
+        r = run_row(ab, scale, variant)
         if r is None or math.isnan(r["delta"]):
             continue
         e = effect(r, spreads.get(scale, math.nan))
@@ -117,7 +68,7 @@ def _ablation_finding(study: StudyResults, ab: pd.DataFrame, scales: list[str], 
                 "within-spread": _within(spreads.get(scale, math.nan)),
                 "untested-worse": "raises the loss (untested)", "untested-better": "lowers the loss (untested)",
                 "unknown": "cannot be judged"}[e]
-        within = _single_seed(study, scale, reference_run_name(study, scale), r)
+        within = single_seed(study, scale, reference_run_name(study, scale), r)
         if within is not None:
             e = f"within-run-{within_run_effect(within)}"
             verb = {"within-run-worse": "raises the loss on the probe sequences",
@@ -275,35 +226,6 @@ def _selfmod_dynamics(study: StudyResults, scales: list[str]) -> Claim | None:
     return claim("self-modification dynamics", "Self-modification dynamics (Full HOPE): ", parts, numbers)
 
 
-def _baselines(study: StudyResults, ab: pd.DataFrame, scales: list[str], spreads: dict[str, float]) -> Claim | None:
-    parts, numbers = [], {}
-    for scale in scales:
-        ref = reference_run_name(study, scale)
-        base = _row(ab, scale, ref) if ref else None
-        for name in ("transformer", "transformer_matched", "titans"):
-            r = _row(ab, scale, name)
-            if r is None or math.isnan(r["delta"]):
-                continue
-            e = effect(r, spreads.get(scale, math.nan))
-            word = {"worse": "Full HOPE is better", "better": f"{display_name(name)} is better",
-                    "none": "no detectable difference",
-                    "within-spread": "no difference beyond the seed spread",
-                    "untested-worse": "Full HOPE is lower (untested)",
-                    "untested-better": f"{display_name(name)} is lower (untested)", "unknown": "?"}[e]
-            params = ""
-            if base is not None and not math.isnan(r["n_params"]) and not math.isnan(base["n_params"]):
-                params = f", {fmt_count(r['n_params'])} vs {fmt_count(base['n_params'])} parameters"
-            within = _single_seed(study, scale, ref, r)
-            if within is not None:
-                word = {"worse": "Full HOPE is lower on the probe sequences",
-                        "better": f"{display_name(name)} is lower on the probe sequences",
-                        "none": "no detectable difference on the probe sequences"}[within_run_effect(within)]
-                word += f", {fmt_within(within)}"
-            parts.append(f"{scale}: {display_name(name)} {fmt_delta(r)}{params} — {word}")
-            numbers[(scale, name)] = r["delta"]
-    return claim("baselines", "Baselines vs Full HOPE (Δ = baseline − HOPE): ", parts, numbers)
-
-
 def _regime(study: StudyResults, ab: pd.DataFrame, scales: list[str]) -> Claim | None:
     """Where the final losses sit between the unigram and bigram references of the data."""
     parts, numbers = [], {}
@@ -432,7 +354,8 @@ def compute_findings(study: StudyResults, scales: list[str] | None = None) -> li
         _ablation_finding(study, ab, scales, "hope_no_surprise", spreads),
         _gate_finding(study, scales),
         _gate_closure(study, scales),
-        _baselines(study, ab, scales, spreads),
+        baselines(study, ab, scales, spreads),
+        settings(study, ab, scales, spreads),
         _best(ab, scales),
         _failures(study, scales),
         _gradflow(study, scales),

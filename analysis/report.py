@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.artifacts import FigureOut, Skipped, TableOut, markdown_table
-from analysis.findings import compute_findings, finding_thresholds, fmt_count
+from analysis.comparisons import fmt_count
+from analysis.findings import compute_findings, finding_thresholds
 from analysis.load import StudyResults, failure_label
 from analysis.registry import FIGURES, TABLES, FigureSpec
 from analysis.style import DPI

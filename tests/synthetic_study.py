@@ -42,6 +42,8 @@ TRUE_DELTA = {
     "hope-tau0.05": (0.006, 0.01),
     "hope-tau0.02": (0.002, 0.001),
     "hope-relative": (0.0, 0.0),  # the default gate: full HOPE under another name
+    "hope-levels1": (-0.06, -0.06),  # settings other than the gate (`settings=`): a clear gain, a null one
+    "hope-levels2": (0.0, 0.0),
 }
 RELATIVE_PASS = 0.35  # realised gate pass rate of a relative-mode run (the default gate)
 SEED_OFFSET = [0.000, 0.021, -0.013, 0.008, -0.017]
@@ -262,13 +264,15 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
                           seeds: tuple[int, ...] = (0, 1, 2), variants: list[str] | None = None,
                           sweep: tuple = (0.005, 0.05), steps: int = 150, ckpt_every: int = 50,
                           failed: tuple | None = FAILED, in_progress: bool = False, overrides: dict | None = None,
-                          rng_seed: int = 0, references: dict | None = None) -> Path:
+                          rng_seed: int = 0, references: dict | None = None, settings: tuple[str, ...] = ()) -> Path:
     """Write the study under `out` and return its root `<out>/<study>`.
 
     failed: (scale, variant, seed, step) of the run whose loss becomes NaN, or None.
     in_progress: also a running run (partial files, no final loss) and a pending one (in study.json only).
     overrides: model overrides of every run (a study-wide `--set`, e.g. {"dim": 32}).
     references: {scale: (unigram, bigram)} stored in every run's config.json; None: REFERENCES.
+    settings: tags of hope runs at the first scale with the reference's gate (not part of the sweep), e.g.
+    "levels1": their losses follow TRUE_DELTA["hope-<tag>"].
     """
     references = REFERENCES if references is None else references
     rng = np.random.default_rng(rng_seed)
@@ -284,6 +288,7 @@ def build_synthetic_study(out: str | Path, *, study: str = "synth", scales: tupl
                       if t == "relative" else
                       ("hope", f"tau{t:g}", {**common, "surprise_mode": "absolute", "surprise_threshold": t})
                       for t in sweep]
+            cells += [("hope", tag, dict(common)) for tag in settings]
         for variant, tag, cell_overrides in cells:
             run_name = f"{variant}-{tag}" if tag else variant
             for seed in seeds:

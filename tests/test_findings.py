@@ -145,3 +145,23 @@ def test_one_seed_rests_on_the_within_run_interval_over_the_probe_sequences(tmp_
     assert cms.numbers["tiny"]["effect"].startswith("within-run-") and "on the probe sequences" in cms.text
     multi = {c.topic: c for c in compute_findings(_study(tmp_path / "two", ["hope", "transformer"], {}))}
     assert "probe sequences" not in multi["baselines"].text  # with seeds, the interval over seeds is used
+
+
+def test_each_setting_of_a_study_is_compared_with_the_reference_run(tmp_path):
+    """The tagged runs that are not a gate sweep (here levels1, 0.06 nats under Full HOPE, and levels2, no
+    difference) against the untagged Full HOPE: over three seeds the gain is found and the null is not; with
+    one seed, on the shared probe sequences."""
+    def settings(seeds, where):
+        root = build_synthetic_study(where, scales=("tiny",), seeds=seeds, variants=["hope"], sweep=(0.005,),
+                                     failed=None, settings=("levels1", "levels2"))
+        return _claim(load_results(root), "settings")
+
+    c = settings((0, 1, 2), tmp_path / "three")
+    parts = c.text.split(": ", 1)[1].rstrip(".").split("; ")
+    assert len(parts) == 2 and "tau" not in c.text  # the gate sweep is Table 2's
+    assert parts[0].startswith("tiny: Full HOPE [levels1] Δ = -0.06") and parts[0].endswith(
+        "— Full HOPE [levels1] is better")
+    assert parts[1].startswith("tiny: Full HOPE [levels2]") and "is better" not in parts[1]
+    assert c.numbers[("tiny", "hope-levels1")] == pytest.approx(-0.06, abs=0.01)
+    one = settings((0,), tmp_path / "one")
+    assert "Full HOPE [levels1] is lower on the probe sequences" in one.text and "probe sequences" not in c.text
