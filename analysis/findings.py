@@ -6,6 +6,7 @@ follows fixed thresholds (stated in the report), never a hard-coded conclusion.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -295,6 +296,14 @@ def _failures(study: StudyResults, scales: list[str]) -> Claim | None:
                    + ".")
 
 
+def _segments(study: StudyResults, scale: str, run_name: str) -> int:
+    """The windows per stream a run name trained on (1: independent windows)."""
+    runs = study.runs_at(scale)
+    overrides = runs.loc[runs["run_name"] == run_name, "overrides"].dropna()
+    found = [json.loads(o).get("segments", 1) for o in overrides if o]  # JSON of the overrides; "" for none
+    return int(max(found, default=1))
+
+
 def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
     p = study.probes
     g = p[p["scale"].isin(scales) & (p["probe"] == "gradflow") & p["metric"].isin(["n_grad_none", "n_grad_zero"])]
@@ -317,8 +326,12 @@ def _gradflow(study: StudyResults, scales: list[str]) -> Claim | None:
         names = per_param[(per_param["scale"] == scale) & (per_param["run_name"] == run_name)
                           & (per_param["metric"] == flags.get(metric))]["param"].dropna().unique()
         example = f" (e.g. {', '.join(sorted(names)[:2])})" if len(names) else ""
+        segments = _segments(study, scale, run_name)
+        streamed = (f"; expected of the meta-learned initial states (init_*) when streaming: a step trains one "
+                    f"window of a {segments}-window stream, and only a stream's first window reaches them"
+                    if segments > 1 else "")
         items.append(f"{display_name(run_name)} at {scale}: up to {int(g['value'].max())} parameter tensor(s) "
-                     f"{words.get(metric, metric)}{example} in {g['run_id'].nunique()}/{n_runs} run(s)")
+                     f"{words.get(metric, metric)}{example} in {g['run_id'].nunique()}/{n_runs} run(s){streamed}")
     return Claim("gradient flow", "Gradient flow at the last probed step: " + "; ".join(items) + ".")
 
 

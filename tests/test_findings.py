@@ -165,3 +165,21 @@ def test_each_setting_of_a_study_is_compared_with_the_reference_run(tmp_path):
     assert c.numbers[("tiny", "hope-levels1")] == pytest.approx(-0.06, abs=0.01)
     one = settings((0,), tmp_path / "one")
     assert "Full HOPE [levels1] is lower on the probe sequences" in one.text and "probe sequences" not in c.text
+
+
+def test_zero_gradients_of_a_streamed_run_are_said_to_be_expected(tmp_path):
+    """A run trained on streams (`segments` K > 1) gives its meta-learned initial states a gradient on a stream's
+    first window only: the gradient-flow finding says so for it, and not for a run on independent windows."""
+    import json
+
+    study = load_results(build_synthetic_study(tmp_path, scales=("tiny",), seeds=(0,), variants=["hope"], sweep=(),
+                                               failed=None))
+    p = study.probes
+    zero = (p["probe"] == "gradflow") & (p["metric"] == "n_grad_zero") & (p["step"] == p["step"].max())
+    assert zero.sum() == 1
+    p.loc[zero, "value"] = 8.0  # eight tensors without gradient at the last probed step, as a streamed run has
+    plain = _claim(study, "gradient flow")
+    assert "parameter tensor(s)" in plain.text and "streaming" not in plain.text
+    study.runs["overrides"] = json.dumps({"segments": 24, "context_len": 128})  # as study.json stores them
+    streamed = _claim(study, "gradient flow")
+    assert "when streaming: a step trains one window of a 24-window stream" in streamed.text
