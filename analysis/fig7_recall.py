@@ -46,7 +46,10 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     by_dist = accuracy_by_distance(study, scale, runs)
     by_dist = by_dist[(by_dist["length"] == length) & (by_dist["dim"] == dim) & (by_dist["pairs"] == pairs_b)]
     effects = switch_effects(study, scale, runs)
-    effects = effects[(effects["length"] == length) & (effects["dim"] == dim) & (effects["pairs"] == pairs_b)]
+    effects = effects[(effects["length"] == length) & (effects["dim"] == dim)]
+    # panel (c): at the pairs where the switches change accuracy most (mean |Δ|; ties: fewer pairs)
+    pairs_c = int(effects.groupby("pairs")["delta"].agg(lambda d: d.abs().mean()).idxmax()) if len(effects) else 0
+    effects = effects[effects["pairs"] == pairs_c]
 
     with paper_style():
         fig, axes = new_figure(len(groups) + 1 + (not effects.empty), panel_w=4.4, panel_h=3.5)
@@ -85,7 +88,7 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
         panel_label(ax, chr(ord("a") + len(groups)), f"by distance, {pairs_b} pairs (len {length}, dim {dim})",
                     "distance back to the key (tokens, bucket [d, 2d))", "accuracy (%)")
         if not effects.empty:
-            _switch_panel(axes[len(groups) + 1], chr(ord("a") + len(groups) + 1), effects, pairs_b, length, dim)
+            _switch_panel(axes[len(groups) + 1], chr(ord("a") + len(groups) + 1), effects, pairs_c, length, dim)
         fig.suptitle(f"Figure {NUMBER}: {TITLE} (MQAR) — {scale} scale")
         stem = f"fig{NUMBER}_recall_{scale}"
         paths = save_figure(fig, out_dir, stem, dpi)
@@ -105,7 +108,8 @@ def render_scale(study: StudyResults, scale: str, out_dir: Path, dpi: int = DPI)
     )
     if not effects.empty:
         caption += (
-            f" ({chr(ord('a') + len(groups) + 1)}) at {pairs_b} pairs, accuracy as trained (grey) and with each "
+            f" ({chr(ord('a') + len(groups) + 1)}) at {pairs_c} pairs (where the switches change accuracy most), "
+            "accuracy as trained (grey) and with each "
             "in-context write switch on at evaluation (hopelab.interventions), seeds' answers pooled; error bars: "
             f"the {CONFIDENCE:.0%} Newcombe interval of Δ placed on the switched accuracy. A drop under all writes off "
             "means the recall comes from in-context memory."

@@ -347,12 +347,13 @@ def finding_thresholds(findings: list[Claim]) -> list[str]:
 def compute_findings(study: StudyResults, scales: list[str] | None = None) -> list[Claim]:
     """A recall study (runs on synthetic MQAR) is judged by recall accuracy, any other by the final loss."""
     from analysis.recall import recall_findings  # they build Claims: imported here, not at the top
-    from analysis.recall_switches import switch_findings
+    from analysis.recall_switches import carrier_findings, switch_findings
 
     scales = scales or study.scales
     recall = recall_findings(study, scales)
     if recall:
-        out = [*recall, *switch_findings(study, scales), _failures(study, scales), _gradflow(study, scales)]
+        out = [*recall, *carrier_findings(study, scales), *switch_findings(study, scales), _failures(study, scales),
+               _gradflow(study, scales)]
         return [f for f in out if f is not None]
     ab = ablation_summary(study, scales)
     spreads = _spreads(study, scales)

@@ -102,3 +102,32 @@ def switch_findings(study: StudyResults, scales: list[str]) -> list[Claim]:
                     f"with the switch, at evaluation){_verdict(g)}. " + "; ".join(parts) + ".")
             out.append(Claim(f"recall switches: {variant}", text, numbers))
     return out
+
+
+def carrier_findings(study: StudyResults, scales: list[str]) -> list[Claim]:
+    """Which memory carries recall, across the variants: per switch, at the number of pairs where the switches
+    change accuracy most, the variants whose accuracy drops with the switch (interval below 0) and those where it
+    does not. A switch that lowers no variant's accuracy does not carry recall at this budget."""
+    out = []
+    for scale in scales:
+        effects = switch_effects(study, scale)
+        if effects.empty:
+            continue
+        for (length, dim), e in effects.groupby(["length", "dim"]):
+            pairs = int(e.groupby("pairs")["delta"].agg(lambda d: d.abs().mean()).idxmax())
+            e = e[e["pairs"] == pairs]
+            parts, numbers = [], {}
+            for switch in switch_order(e["switch"]):
+                s = e[e["switch"] == switch]
+                drops = [r for r in s.itertuples() if r.hi < 0]
+                name = SWITCH_NAMES.get(switch, switch)
+                said = ", ".join(f"{display_name(r.variant)} {100 * r.delta:+.0f} points [{100 * r.lo:+.0f}, "
+                                 f"{100 * r.hi:+.0f}]" for r in sorted(drops, key=lambda r: r.delta))
+                rest = [display_name(v) for v in variant_order([r.variant for r in s.itertuples() if r.hi >= 0])]
+                verdict = f"{name}: lowers accuracy in {said}" if drops else f"{name}: lowers no variant's accuracy"
+                parts.append(verdict + (f" (no detectable drop in {', '.join(rest)})" if rest else ""))
+                numbers[switch] = {r.variant: r.delta for r in s.itertuples()}
+            text = (f"Which in-context memory carries recall ({scale}, len {length}, dim {dim}, at {pairs} pairs, "
+                    f"where the switches change accuracy most): " + "; ".join(parts) + ".")
+            out.append(Claim("recall carriers", text, numbers))
+    return out

@@ -143,6 +143,9 @@ def test_the_recall_figure_has_a_switch_panel_only_with_switch_rows(study_root, 
 
     out = render_scale(load_results(study_root), "tiny", tmp_path)
     assert "Newcombe" in out.caption  # the switch panel is drawn and explained
+    # panel (b) at 8 pairs, where the variants' means spread most; the switch panel at 2, where the switches act most
+    assert "at 8 pairs (where the variants' means differ most)" in out.caption
+    assert "at 2 pairs (where the switches change accuracy most)" in out.caption
     bare = tmp_path / "bare" / "rec"  # hope alone, without switch rows
     for pairs in PAIRS:
         for seed in range(2):
@@ -167,3 +170,21 @@ def test_single_seed_comparisons_rest_on_a_newcombe_interval_over_the_answers(tm
     assert "untested" not in text
     delta_2 = claims["recall: transformer"].numbers[(64, 64, 2)]
     assert delta_2 == pytest.approx(0.80 - 1.0, abs=0.01)
+
+
+def test_the_carrier_finding_names_the_switches_that_lower_recall(study_root):
+    """All writes off (5% left) lowers every hope variant's accuracy, stated at 2 pairs, where accuracy as trained
+    is highest and so the switches act most; CMS writes off (no change) lowers none; the Transformer has no
+    switch rows and is not named."""
+    from analysis.recall_switches import carrier_findings
+
+    (c,) = carrier_findings(load_results(study_root), ["tiny"])
+    lead, body = c.text.split("most): ")
+    assert lead == "Which in-context memory carries recall (tiny, len 64, dim 64, at 2 pairs, where the switches " \
+                   "change accuracy "
+    cms_off, all_off = body.rstrip(".").split("; ")
+    assert cms_off == ("CMS writes off: lowers no variant's accuracy (no detectable drop in Full HOPE, No CMS, "
+                       "No Self-Mod)")
+    assert all_off.startswith("all writes off: lowers accuracy in ") and "no detectable drop" not in all_off
+    assert all_off.count(" points [") == 3 and "Transformer" not in c.text
+    assert c.numbers["all_writes_off"]["hope"] == pytest.approx(0.05 - 0.9967, abs=0.01)
