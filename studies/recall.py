@@ -13,8 +13,8 @@ without its binding scores. Measured before choosing this (pilots, 1 thread each
 Transformer binds nothing within 2,000 steps at 2 pairs (val loss 0.70 = ln 2, accuracy 50-55% with vocab
 256 or 32, len 32 or 64, lr 1e-3 or 3e-3; one query per pair or 16), so binding at 2+ pairs is past this CPU's
 budget for every variant, and the study measures where each variant stands at 800 steps; at 1 pair Titans
-goes 5% -> 56% -> 93% at steps 100, 200, 300. A hope-type run (800 steps, len 64, batch 16) takes ~3.5 min
-with two running at once on an idle 2-core VM. len 64 rather than 32: the slow CMS level (period 32) must
+goes 5% -> 56% -> 93% at steps 100, 200, 300. The 42 runs took 62 min wall with two at once (2h04m summed
+over runs) on the 2-core VM, beside a one-thread study. len 64 rather than 32: the slow CMS level (period 32) must
 update inside a sequence to be trained at all. On a GPU, add pairs 16-64
 at len 256 and a second width. hope_attention (attention + the same CMS) is the control for what SR-Titans adds
 over attention. (One hope run here once went non-finite inside a run of 34 filler tokens; that runaway is what
