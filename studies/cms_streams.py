@@ -13,7 +13,9 @@ probe streams (analysis.within_run), and, inside each trained model, the interve
 `cms_writes_off_from_128` (the persistent levels keep their initial weights, the faster ones write): Δ > 0
 with an interval that excludes 0 means the model uses what its slow levels wrote in earlier windows.
 HOPE with a static MLP in place of the CMS is the reference for the CMS as a whole.
-Cost on one idle CPU thread: about 0.3 s per step at 4 levels; 600 steps (25 streams of 8) per run.
+Cost: 600 steps (25 batches of 8 streams) per run, 5 to 8 min each on one CPU thread beside a two-job study
+(no CMS 309 s, 1-3 levels 373-451 s), final probes included; run it with OMP_NUM_THREADS=1 on a busy machine
+(two torch threads on two busy cores made the same run several times slower).
 """
 
 from hopelab.study import Cell, Study
