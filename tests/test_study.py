@@ -249,6 +249,7 @@ def test_cli_dry_run_shows_state_and_shards(tmp_path):
         (["study", "show", "ablation", "--set", "dimm=3"], "unknown --set key 'dimm'; valid model keys:"),
         (["study", "ablation", "--set", "dim", "--dry-run"], "expected KEY=VALUE"),
         (["study", "ablation", "--shard", "3/2", "--dry-run"], "expected I/N"),
+        (["study", "ablation", "--threads", "0", "--dry-run"], "--threads must be >= 1, got 0"),
         (["study", "ablation", "--data", "/no/such/corpus.txt"], "--data /no/such/corpus.txt: no such file"),
     ],
 )

@@ -160,3 +160,28 @@ def test_sigterm_to_the_study_stops_its_worker_processes_too(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     study = json.loads((root / "study.json").read_text())
     assert len(study["runs"]) == 2 and all(r["status"] != "running" for r in study["runs"]), study["runs"]
+
+
+def test_threads_sets_the_torch_threads_of_each_run_and_restores_them(tmp_path, monkeypatch):
+    """`--threads 1` on an in-process study: the run trains on one torch thread (its manifest says so) and the
+    process gets its own thread count back afterwards."""
+    import torch
+
+    monkeypatch.setenv("HOPELAB_CACHE", str(tmp_path / "cache"))
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    study_file = tmp_path / "one.py"
+    study_file.write_text("from hopelab.study import Cell, Study\n"
+                          "STUDY = Study(name='one', description='one run', cells=[Cell('transformer')], "
+                          "scales=('tiny',), seeds=1)\n")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = ["study", "run", str(study_file), "--out", str(tmp_path / "runs"), "--data", str(corpus),
+                "--threads", "1", *TINY]
+        result = CliRunner().invoke(app, args, terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    manifest = read_manifest(tmp_path / "runs" / "one" / "tiny" / "transformer" / "seed0")
+    assert manifest["hardware"]["torch_threads"] == 1

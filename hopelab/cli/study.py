@@ -211,6 +211,10 @@ def run_cmd(
         int | None, typer.Option("--jobs", "-j", metavar="N", help="runs trained at once: worker processes; with "
                                  "--launcher, jobs at once (default there: 1 local, all on SLURM)")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", metavar="N", help="torch CPU threads per run [default: the cores / "
+                                 "--jobs]; 1 when something else is running (threads that wait on busy cores stall)")
+    ] = None,
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices: auto, a count, ...")] = "auto",
     precision: Annotated[str | None, typer.Option(help="Lightning precision, e.g. bf16-mixed")] = None,
@@ -259,6 +263,8 @@ def run_cmd(
     """
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
     launch = _launch_options(launcher, partition, gpus_per_job, cpus_per_job, mem_gb, time_min, jobs, slurm)
     if data is not None and not is_synthetic(data) and not Path(data).exists():
         raise UserError(f"--data {data}: no such file or directory")
@@ -300,7 +306,8 @@ def run_cmd(
         _submit_only(console, todo, root, launch)
         return
     try:
-        outcomes = run_all(mine, root, console, f"{loaded.study.name} {scales}", jobs=jobs or 1, launch=launch)
+        outcomes = run_all(mine, root, console, f"{loaded.study.name} {scales}", jobs=jobs or 1, launch=launch,
+                           threads=threads)
     except KeyboardInterrupt:
         raise CommandFailed("[yellow]interrupted[/]: rerun the same command to resume", exit_code=130) from None
     _print_summary(console, mine, outcomes)

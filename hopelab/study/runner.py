@@ -104,9 +104,11 @@ def threads_per_job(jobs: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1, launch=None) -> list[RunState]:
+def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int = 1, launch=None,
+            threads: int | None = None) -> list[RunState]:
     """Train every run not yet finished; returns one outcome per run, in plan order. `launch`: a
-    `hopelab.study.launch.LaunchOptions` to train them as submitit jobs instead of in this machine's processes."""
+    `hopelab.study.launch.LaunchOptions` to train them as submitit jobs instead of in this machine's processes.
+    `threads`: torch threads per run (None: the cores divided among the jobs; torch's default in this process)."""
     outcomes: dict[str, RunState] = {}
     todo: list[PlannedRun] = []
     for run in runs:
@@ -125,15 +127,32 @@ def run_all(runs: list[PlannedRun], root: Path, console, title: str, jobs: int =
 
             outcomes.update(launch_jobs(todo, root, launch, display))
         elif jobs <= 1 or len(todo) <= 1:
-            for run in todo:
-                run_id = run.spec.run_id
-                display.step(run_id, None, run.steps, None)
-                outcome = execute_run(run, root, lambda s, t, loss, rid=run_id: display.step(rid, s, t, loss))
-                outcomes[run_id] = outcome
-                display.finished(outcome)
+            with torch_threads(threads):
+                for run in todo:
+                    run_id = run.spec.run_id
+                    display.step(run_id, None, run.steps, None)
+                    outcome = execute_run(run, root, lambda s, t, loss, rid=run_id: display.step(rid, s, t, loss))
+                    outcomes[run_id] = outcome
+                    display.finished(outcome)
         else:
-            _run_pool(todo, root, display, jobs, outcomes)
+            _run_pool(todo, root, display, jobs, outcomes, threads or threads_per_job(jobs))
     return [outcomes[run.spec.run_id] for run in runs]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Inside: torch uses `threads` CPU threads in this process (None: as it was), restored after."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -162,14 +181,15 @@ def died(run: PlannedRun, root: Path, why: str) -> RunState:
     return outcome
 
 
-def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: int, outcomes: dict) -> None:
+def _run_pool(todo: list[PlannedRun], root: Path, display: StudyProgress, jobs: int, outcomes: dict,
+              threads: int) -> None:
     ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
     messages = ctx.Queue()
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(todo)),
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(messages, threads_per_job(jobs)),
+        initargs=(messages, threads),
     )
     try:
         pending = {pool.submit(_worker_run, run, root): run for run in todo}
