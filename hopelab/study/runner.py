@@ -79,6 +79,9 @@ def _interrupt_once(signum, frame) -> None:
 def _init_worker(progress_queue, threads: int) -> None:
     global _QUEUE
     _QUEUE = progress_queue
+    # progress messages are best effort: a worker that exits while the parent no longer reads them (an
+    # interrupted study) must not wait for its unsent ones to fit into a full pipe
+    progress_queue.cancel_join_thread()
     signal.signal(signal.SIGINT, _interrupt_once)
     import torch
 
