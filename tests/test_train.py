@@ -373,7 +373,8 @@ def test_cli_user_errors_are_one_line_exit_2(args, expected, tmp_path, monkeypat
 
 def test_intervene_command_on_a_finished_run(hope_run, corpus):
     """`hopelab intervene RUN_DIR --step 10 --switch ...`: the checkpoint rebuilt from itself, the asked switches
-    evaluated on the run's probe set, the rows written over the probe's own of that step, a table printed."""
+    evaluated on the run's probe set, a table printed; the rows replace the probe's own of that step (those
+    were on 8 sequences), and a second call with another switch keeps the first call's (the same sequences)."""
     from typer.testing import CliRunner
 
     from hopelab.cli import app
@@ -393,6 +394,12 @@ def test_intervene_command_on_a_finished_run(hope_run, corpus):
                       & (before.component == "none")].sort_values("level").value.to_numpy()
     new_none = iv[iv.component == "none"].sort_values("level").value.to_numpy()[:8]
     assert new_none == pytest.approx(old_none, rel=1e-5)  # the same model and sequences as the probe saw
+    again = runner.invoke(app, ["intervene", str(spec.run_dir), "--step", "10", "--switch", "gate_open"], env=env)
+    assert again.exit_code == 0 and "kept the rows already there of: cms_writes_off, reset_every_32" in again.output
+    iv = read_probes(spec.run_dir)
+    iv = iv[(iv.probe == "intervene") & (iv.step == 10) & (iv.metric == "seq_loss")]
+    assert set(iv.component) == {"none", "cms_writes_off", "reset_every_32", "gate_open"}
+    assert (iv.groupby("component")["level"].nunique() == 64).all()
     for bad, why in ((["--switch", "nope"], "unknown switch"), (["--step", "3"], "keeps checkpoints of steps 10, 15")):
         err = runner.invoke(app, ["intervene", str(spec.run_dir), *bad], env=env).exception
         assert isinstance(err, UserError) and why in str(err)  # main() prints it as one line, exit 2

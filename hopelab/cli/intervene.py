@@ -38,11 +38,10 @@ def intervene_command(
         applicable_switches,
         evaluate_switches,
         intervention,
-        intervention_rows,
         probe_set,
         switch_effects,
     )
-    from hopelab.probes.base import write_probe_rows
+    from hopelab.probes.base import probe_path, write_probe_rows
     from hopelab.run import RunDir
     from hopelab.run.trained import load_trained
 
@@ -65,11 +64,36 @@ def intervene_command(
     x, y = probe_set(trained.data(), model.config.context_len, trained.train.probe_seed, sequences,
                      trained.train.segments)
     losses = evaluate_switches(model, (x, y), [n for n in asked if n in have])
-    path = write_probe_rows(trained.run_dir.probes, trained.labels, "intervene", trained.step,
-                            intervention_rows(losses))
+    rows, kept = _merged_rows(probe_path(trained.run_dir.probes, "intervene", trained.step), losses)
+    if kept:
+        console.print(f"kept the rows already there of: {', '.join(kept)}")
+    path = write_probe_rows(trained.run_dir.probes, trained.labels, "intervene", trained.step, rows)
     wide = Console(soft_wrap=True, width=max(Console().width, 100))
     _print_table(wide, trained, losses[NONE], switch_effects(losses))
     console.print(f"rows -> {path}")
+
+
+def _merged_rows(path, losses) -> tuple[list[dict], list[str]]:
+    """This evaluation's rows, plus the rows already at `path` (the probe's, or an earlier `hopelab intervene`)
+    of the switches not evaluated now, when those were measured on the same sequences (their per-sequence
+    losses as trained equal this evaluation's, so Δs stay paired); otherwise this evaluation's alone.
+    -> (rows, the switches kept)."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    from hopelab.interventions import NONE, intervention_rows
+
+    rows = intervention_rows(losses)
+    if not path.exists():
+        return rows, []
+    old = pq.read_table(path).to_pylist()
+    old_none = sorted((r["level"], r["value"]) for r in old if r["component"] == NONE and r["metric"] == "seq_loss")
+    new_none = losses[NONE].double().mean(dim=1).tolist()  # per sequence, as intervention_rows writes it
+    same = len(old_none) == len(new_none) and all(
+        math.isclose(v, new_none[i], rel_tol=1e-4) for i, v in old_none)
+    kept = [r for r in old if same and r["component"] not in losses]
+    return rows + kept, sorted({r["component"] for r in kept})
 
 
 def _print_table(console, trained, none, effects) -> None:
