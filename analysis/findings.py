@@ -6,7 +6,6 @@ follows fixed thresholds (stated in the report), never a hard-coded conclusion.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
@@ -23,6 +22,7 @@ from analysis.summary import (
     ablation_summary,
     gate_operating_points,
     gate_pass_rate,
+    parse_overrides,
     reference_run_name,
     references_at,
 )
@@ -300,7 +300,7 @@ def _segments(study: StudyResults, scale: str, run_name: str) -> int:
     """The windows per stream a run name trained on (1: independent windows)."""
     runs = study.runs_at(scale)
     overrides = runs.loc[runs["run_name"] == run_name, "overrides"].dropna()
-    found = [json.loads(o).get("segments", 1) for o in overrides if o]  # JSON of the overrides; "" for none
+    found = [(parse_overrides(o) or {}).get("segments", 1) for o in overrides]
     return int(max(found, default=1))
 
 

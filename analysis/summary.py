@@ -25,7 +25,8 @@ from hopelab.run import STATUS_DONE, STATUS_FAILED
 BASELINE = "hope"  # the variant every Δ is measured against
 
 
-def _overrides(text: str | None) -> dict | None:
+def parse_overrides(text: str | None) -> dict | None:
+    """A run's overrides from the runs table's JSON text ("" for none: {}); None when unreadable."""
     try:
         return json.loads(text) if text else {}
     except ValueError:
@@ -55,7 +56,7 @@ def reference_run_name(study: StudyResults, scale: str) -> str | None:
     hope = runs[runs["variant"] == BASELINE]
     if (hope["run_name"] == BASELINE).any():
         return BASELINE
-    per_name = {n: _overrides(g["overrides"].dropna().iloc[0]) for n, g in runs.groupby("run_name")
+    per_name = {n: parse_overrides(g["overrides"].dropna().iloc[0]) for n, g in runs.groupby("run_name")
                 if g["overrides"].notna().any()}
     per_name = {n: o for n, o in per_name.items() if o is not None}
     common = dict(set.intersection(*[{(k, json.dumps(_norm(v))) for k, v in o.items()} for o in per_name.values()])

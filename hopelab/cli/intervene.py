@@ -80,14 +80,13 @@ def _merged_rows(path, losses) -> tuple[list[dict], list[str]]:
     -> (rows, the switches kept)."""
     import math
 
-    import pyarrow.parquet as pq
-
     from hopelab.interventions import NONE, intervention_rows
+    from hopelab.records import PROBE_SCHEMA, read_parquet
 
     rows = intervention_rows(losses)
     if not path.exists():
         return rows, []
-    old = pq.read_table(path).to_pylist()
+    old = read_parquet(path, PROBE_SCHEMA).to_pylist()
     old_none = sorted((r["level"], r["value"]) for r in old if r["component"] == NONE and r["metric"] == "seq_loss")
     new_none = losses[NONE].double().mean(dim=1).tolist()  # per sequence, as intervention_rows writes it
     same = len(old_none) == len(new_none) and all(
